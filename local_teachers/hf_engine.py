@@ -1,0 +1,88 @@
+"""transformers backend: batched ``generate`` with left padding, requests sorted by length so a
+batch wastes little on padding.
+
+Seeds: a sampled batch is seeded with the seed of its first request, so a rerun with the same
+requests repeats, but a request's sample depends on its batch (unlike vLLM's per-request seeds).
+Greedy decoding does not depend on seeds at all.
+"""
+from __future__ import annotations
+
+import os
+
+from tqdm import tqdm
+
+from .engine import Engine
+
+
+class TransformersEngine(Engine):
+    batch_size = int(os.environ.get("MAPD_HF_BATCH", "8"))
+
+    def _load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        spec = self.spec
+        self.device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            # With few shared cores, one thread per process beat two several times over.
+            torch.set_num_threads(int(os.environ.get("MAPD_THREADS", "1")))
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            spec.path,
+            dtype=getattr(torch, spec.dtype),
+            trust_remote_code=spec.trust_remote_code,
+            device_map="auto" if self.device == "cuda" else None,
+        ).eval()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = _eos_ids(self.model, tokenizer)
+        return tokenizer
+
+    def _generate(self, prompt_ids, requests):
+        # A batch shares one set of sampling settings; longest first, so memory trouble shows early.
+        groups: dict = {}
+        for i in sorted(range(len(requests)), key=lambda i: -len(prompt_ids[i])):
+            groups.setdefault(requests[i].sampling, []).append(i)
+        batches = [g[k:k + self.batch_size] for g in groups.values() for k in range(0, len(g), self.batch_size)]
+        result: list = [None] * len(requests)
+        for batch in tqdm(batches, desc=f"{self.spec.name} (transformers)", unit="batch"):
+            for i, out in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], requests[batch[0]])):
+                result[i] = out
+        return result
+
+    def _generate_batch(self, ids_list, first):
+        import torch
+
+        width = max(len(x) for x in ids_list)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(x)) + x for x in ids_list], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids_list], device=self.device)
+        s = first.sampling
+        sample = s.temperature > 0
+        if sample:
+            torch.manual_seed(first.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=s.max_tokens,
+                do_sample=sample,
+                temperature=s.temperature if sample else None,
+                top_p=s.top_p if sample else None,
+                top_k=None,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids,
+            )
+        results = []
+        for row in out[:, width:].tolist():
+            stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+            # Count the stop token as generated, as vLLM does.
+            tokens = row if stop is None else row[: stop + 1]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            results.append((text, len(tokens), "length" if stop is None else "stop"))
+        return results
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]

