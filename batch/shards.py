@@ -1,0 +1,108 @@
+"""Shard files of a stage and the manifests that say what produced them.
+
+A shard is done when its manifest exists, names the current stage fingerprint and the
+checksum of the Parquet file beside it. Files are written atomically (temporary name, fsync,
+rename) and the manifest last, so a crash leaves either a finished shard or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+
+class StaleShardError(RuntimeError):
+    pass
+
+
+def fingerprint(identity: dict) -> str:
+    """Stable hash of everything that determines a stage's output."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shard_path(stage_dir: Path, shard: int, num_shards: int) -> Path:
+    return Path(stage_dir) / f"shard-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
+def manifest_path(shard_file: Path) -> Path:
+    return shard_file.with_suffix(".manifest.json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file in ``path``'s folder, then rename it over
+    ``path``: readers see the old file or the complete new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_shard(df: pl.DataFrame, path: Path, identity: dict, **extra) -> dict:
+    """Write ``df`` to ``path``, then its manifest: what produced it, row count, checksum."""
+    atomic_write(path, df.write_parquet)
+    manifest = {**extra, "identity": identity, "fingerprint": fingerprint(identity),
+                "rows": df.height, "sha256": file_sha256(path), "file": path.name}
+    atomic_write(manifest_path(path), lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+    return manifest
+
+
+def read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads(manifest_path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def why_not_done(path: Path, identity: dict) -> str | None:
+    """None when the shard at ``path`` is complete for this stage identity, else the reason."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return "not written yet"
+    if manifest.get("fingerprint") != fingerprint(identity):
+        old = manifest.get("identity", {})
+        changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        return "written by another configuration (" + ", ".join(
+            f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in changed) + ")"
+    if not path.is_file():
+        return "its Parquet file is missing"
+    if file_sha256(path) != manifest.get("sha256"):
+        return "its Parquet file does not match the checksum in its manifest"
+    return None
+
+
+def read_stage(stage_dir: Path, num_shards: int, identity: dict) -> pl.DataFrame:
+    """All shards of a finished stage as one frame; refuses missing, stale or corrupt shards
+    rather than mixing outputs of two configurations."""
+    problems = []
+    for i in range(num_shards):
+        path = shard_path(stage_dir, i, num_shards)
+        reason = why_not_done(path, identity)
+        if reason:
+            problems.append(f"{path}: {reason}")
+    if problems:
+        raise StaleShardError("stage output is incomplete or stale:\n  " + "\n  ".join(problems))
+    return pl.concat([pl.read_parquet(shard_path(stage_dir, i, num_shards)) for i in range(num_shards)], how="vertical")
