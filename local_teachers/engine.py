@@ -102,7 +102,23 @@ class Engine:
         self.usage.completion_tokens += sum(c.completion_tokens for c in completions)
         return completions
 
+    def close(self) -> None:
+        """Free the model's memory before another one loads."""
+        import gc
+
+        self._release()
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
     def _load(self):
+        raise NotImplementedError
+
+    def _release(self) -> None:
         raise NotImplementedError
 
     def _generate(self, prompt_ids: list[list[int]], requests: list[Request]) -> list[tuple[str, int, str]]:
@@ -121,3 +137,33 @@ def load_engine(spec: ModelSpec) -> Engine:
         return VLLMEngine(spec)
     from .hf_engine import TransformersEngine
     return TransformersEngine(spec)
+
+
+class EnginePool:
+    """Keeps the last loaded engine, so a job whose models share weights (the demo committee,
+    or one model used by several stages in a local run) loads them once. Models that differ
+    replace each other: a GPU holds one at a time."""
+
+    def __init__(self):
+        self.engine: Engine | None = None
+        self.loads = 0
+
+    def get(self, spec: ModelSpec) -> Engine:
+        if self.engine is None or _weights_key(self.engine.spec) != _weights_key(spec):
+            self.close()
+            self.engine = load_engine(spec)
+            self.loads += 1
+        elif self.engine.spec.name != spec.name:
+            log.info("%s shares loaded weights with %s: not loading again", spec.name, self.engine.spec.name)
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def _weights_key(spec: ModelSpec) -> tuple:
+    """What a loaded engine depends on; sampling settings travel with each request instead."""
+    return (spec.path, spec.engine, spec.dtype, spec.gpus, spec.max_model_len,
+            spec.gpu_memory_utilization, spec.trust_remote_code, sorted(spec.vllm.items()))

@@ -37,6 +37,9 @@ class TransformersEngine(Engine):
         self.eos_ids = _eos_ids(self.model, tokenizer)
         return tokenizer
 
+    def _release(self):
+        del self.model
+
     def _generate(self, prompt_ids, requests):
         # A batch shares one set of sampling settings; longest first, so memory trouble shows early.
         groups: dict = {}

@@ -36,6 +36,9 @@ class VLLMEngine(Engine):
         self.llm = LLM(**kwargs)
         return self.llm.get_tokenizer()
 
+    def _release(self):
+        del self.llm
+
     def _generate(self, prompt_ids, requests):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

@@ -18,6 +18,16 @@ from batch.shards import manifest_path, shard_path
 from local_teachers.engine import Completion, Usage
 
 
+class Pool:
+    """Hands a stage the given engine, as EnginePool hands it a loaded one."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get(self, spec):
+        return self.engine
+
+
 class ScriptedEngine:
     """Answers by a script keyed on the question's position; counts calls."""
 
@@ -56,7 +66,7 @@ def test_exam_writes_graded_shards_and_a_summary(cfg):
     exam = Exam(cfg)
     gold = {q.id: q.gold for q in exam.questions}
     engine = ScriptedEngine(_svamp_answer(gold))
-    exam.run(engine=engine)
+    exam.run(pool=Pool(engine))
     assert engine.calls == 3
     df = exam.results()
     assert df.schema == pl.Schema(SCHEMA)
@@ -75,20 +85,20 @@ def test_exam_writes_graded_shards_and_a_summary(cfg):
 def test_rerun_skips_done_shards_and_redoes_changed_ones(cfg, caplog):
     exam = Exam(cfg)
     gold = {q.id: q.gold for q in exam.questions}
-    exam.run(engine=ScriptedEngine(_svamp_answer(gold)))
+    exam.run(pool=Pool(ScriptedEngine(_svamp_answer(gold))))
     again = ScriptedEngine(_svamp_answer(gold))
-    Exam(cfg).run(engine=again)
+    Exam(cfg).run(pool=Pool(again))
     assert again.calls == 0
     # One shard lost its file: only it is redone.
     shard_path(Path(cfg.run_dir) / "exam", 1, 3).unlink()
     again = ScriptedEngine(_svamp_answer(gold))
-    Exam(cfg).run(engine=again)
+    Exam(cfg).run(pool=Pool(again))
     assert again.calls == 1
     # A changed seed changes every request: all shards are redone, and the log says why.
     from dataclasses import replace
     again = ScriptedEngine(_svamp_answer(gold))
     with caplog.at_level("INFO"):
-        Exam(replace(cfg, seed=1)).run(engine=again)
+        Exam(replace(cfg, seed=1)).run(pool=Pool(again))
     assert again.calls == 3
     assert "written by another configuration (seed: 731 -> 1)" in caplog.text
 
@@ -174,7 +184,7 @@ def test_real_student_on_vllm_takes_the_exam(tmp_path, vllm_engine):
     cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=6, num_shards=2)
     exam = Exam(cfg)
     assert exam.spec.engine == "vllm" and exam.spec.sampling.temperature == 0.3
-    exam.run(engine=vllm_engine)
+    exam.run(pool=Pool(vllm_engine))
     df = exam.results()
     assert df.height == 6 and set(df["verdict"]) <= {"correct", "wrong", "unparseable"}
     assert (df["completion_tokens"] > 0).all() and (df["completion"].str.len_chars() > 0).all()
@@ -183,5 +193,5 @@ def test_real_student_on_vllm_takes_the_exam(tmp_path, vllm_engine):
     assert summary["questions"] == 6 and summary["completion_tokens"] == df["completion_tokens"].sum()
     # Per-request seeds: the same config samples the same answers again.
     rerun = Exam(RunConfig(**{**cfg.__dict__, "run_dir": tmp_path / "again"}))
-    rerun.run(engine=vllm_engine)
+    rerun.run(pool=Pool(vllm_engine))
     assert rerun.results()["completion"].to_list() == df["completion"].to_list()
