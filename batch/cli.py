@@ -1,7 +1,8 @@
-"""``mapd``: one subcommand per stage. The Makefile targets call these."""
+"""``mapd``: one subcommand per stage, and ``distill`` for all of them. The Makefile calls these."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import click
 
 from local_teachers.engine import go_offline
 
-from .config import DEFAULT_STUDENT, PAPER_SEED, RunConfig
+from .config import DEFAULT_STUDENT, DEMO_COMMITTEE, PAPER_SEED, RunConfig
 from .shards import StaleShardError
 
 log = logging.getLogger("mapd")
@@ -29,15 +30,24 @@ def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
     )
 
 
+def _policy_overrides(threshold, min_reviews, answer_check, review_feedback) -> tuple:
+    given = {"threshold": threshold, "min_reviews": min_reviews, "answer_check": answer_check,
+             "review_feedback": review_feedback}
+    return tuple((k, v) for k, v in given.items() if v is not None)
+
+
 def run_options(f):
-    """Options that define a run; every stage command takes the same ones."""
+    """Options that define a run; every stage command takes the same ones, so a stage run alone
+    and the same stage inside `distill` agree on what is done."""
     @click.option("--task", required=True, help="gsm8k | svamp | strategyqa | logiqa")
     @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
                   help="run directory [default: runs/<task>/default]")
     @click.option("--student", default=DEFAULT_STUDENT, show_default=True,
                   help="student model: registry name or YAML path")
+    @click.option("--teachers", default=",".join(DEMO_COMMITTEE), show_default=True,
+                  help="comma-separated committee: registry names or YAML paths; one = no peer review")
     @click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None,
-                  help="override the model's registry engine")
+                  help="override every model's registry engine")
     @click.option("--data", default=None,
                   help="task data: a folder of the original files, a data file, or a hub dataset id [default: bundled]")
     @click.option("--limit", type=click.IntRange(min=1), default=None, help="use the first N questions")
@@ -45,21 +55,64 @@ def run_options(f):
     @click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True)
     @click.option("--shard", type=click.IntRange(min=0), default=None,
                   help="run only this shard (a SLURM array task); default: all shards")
+    @click.option("--policy", default="default", show_default=True, help="acceptance preset: default | paper")
+    @click.option("--threshold", type=float, default=None, help="accept when the mean score is above this")
+    @click.option("--min-reviews", type=int, default=None, help="fewest valid reviews to accept")
+    @click.option("--answer-check/--no-answer-check", default=None,
+                  help="require a rationale's own final answer to equal gold")
+    @click.option("--review-feedback/--no-review-feedback", default=None, help="peer-review the feedback too")
+    @click.option("--selection", type=click.Choice(["paper", "all"]), default="paper", show_default=True,
+                  help="paper: one accepted rationale and one feedback per question; all: every accepted one")
+    @click.option("--no-feedback", is_flag=True, help="the no-feedback ablation: rationales only")
     @click.option("-v", "--verbose", is_flag=True)
     @functools.wraps(f)
-    def wrapper(task, run_dir, student, engine, data, limit, seed, num_shards, shard, verbose, **kwargs):
+    def wrapper(task, run_dir, student, teachers, engine, data, limit, seed, num_shards, shard, policy,
+                threshold, min_reviews, answer_check, review_feedback, selection, no_feedback, verbose, **kwargs):
         run_dir = run_dir or Path("runs") / task / "default"
         if shard is not None and shard >= num_shards:
             raise click.BadParameter(f"shard {shard} is outside 0..{num_shards - 1}", param_hint="--shard")
         _setup_logging(run_dir, verbose)
         go_offline()
-        cfg = RunConfig(task=task, run_dir=run_dir, student=student, engine=engine, data=data,
-                        limit=limit, seed=seed, num_shards=num_shards)
+        cfg = RunConfig(task=task, run_dir=run_dir, student=student, engine=engine, data=data, limit=limit,
+                        seed=seed, num_shards=num_shards,
+                        teachers=tuple(t.strip() for t in teachers.split(",") if t.strip()),
+                        policy=policy, policy_overrides=_policy_overrides(threshold, min_reviews, answer_check,
+                                                                          review_feedback),
+                        selection=selection, feedback=not no_feedback)
         try:
-            return f(cfg, None if shard is None else [shard], **kwargs)
+            from .pipeline import Pipeline
+            pipeline = Pipeline(cfg)
+            cfg.save()
+            return f(pipeline, None if shard is None else [shard], **kwargs)
         except (FileNotFoundError, ValueError, KeyError, StaleShardError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
+
+
+def _report(figures: dict) -> None:
+    rate = figures["completion_tokens"] / figures["engine_seconds"] if figures["engine_seconds"] else 0.0
+    outside = 1 - figures["engine_seconds"] / figures["wall_seconds"] if figures["wall_seconds"] else 0.0
+    click.echo(f"{figures['stage']}: {figures['shards_run']} shard(s) run, {figures['generations']} generations, "
+               f"{figures['completion_tokens']} tokens in {figures['engine_seconds']:.1f} s ({rate:.1f} tok/s), "
+               f"{outside:.1%} of {figures['wall_seconds']:.1f} s outside the engine")
+
+
+def _exam_summary(pipeline) -> None:
+    if pipeline.exam.pending():
+        return
+    s = pipeline.exam.summary()
+    click.echo(f"exam {s['task']}: {s['questions']} questions | accuracy {s['accuracy']:.1%} ({s['correct']}) | "
+               f"mistakes {s['mistakes']} | unparseable {s['unparseable']} | hit max tokens {s['hit_max_tokens']}")
+
+
+def _pick(stages, model):
+    if model is None:
+        return stages
+    picked = [s for s in stages if s.spec.name == model]
+    if not picked:
+        raise click.BadParameter(f"{model!r} is not in the committee ({', '.join(s.spec.name for s in stages)})",
+                                 param_hint="--model")
+    return picked
 
 
 @click.group()
@@ -83,21 +136,49 @@ def model(out):
 
 @main.command()
 @run_options
-def exam(cfg: RunConfig, shards):
+def exam(pipeline, shards):
     """EXAM: the student answers the train split; answers are graded and kept."""
-    from .exam import Exam
+    _report(pipeline.exam.run(shards))
+    _exam_summary(pipeline)
 
-    cfg.save()
-    stage = Exam(cfg)
-    done = stage.run(shards)
-    if stage.pending(range(cfg.num_shards)):
-        click.echo(f"exam: {done['shards_run']} shard(s) written; others still to do")
-        return
-    s = stage.summary()
-    rate = done["completion_tokens"] / done["engine_seconds"] if done["engine_seconds"] else 0.0
-    click.echo(
-        f"exam {cfg.task}: {s['questions']} questions | accuracy {s['accuracy']:.1%} ({s['correct']}) | "
-        f"mistakes {s['mistakes']} | unparseable {s['unparseable']} | "
-        f"this call: {done['completion_tokens']} tokens in {done['engine_seconds']:.1f} s ({rate:.1f} tok/s)"
-    )
 
+@main.command()
+@run_options
+@click.option("--model", default=None, help="one teacher of the committee [default: each in turn]")
+def teach(pipeline, shards, model):
+    """TEACH: each teacher writes feedback and its own rationale for every mistake."""
+    for stage in _pick(pipeline.teaches, model):
+        _report(stage.run(shards))
+
+
+@main.command()
+@run_options
+@click.option("--model", default=None, help="one reviewer of the committee [default: each in turn]")
+def review(pipeline, shards, model):
+    """REVIEW: each teacher scores the other teachers' rationales."""
+    for stage in _pick(pipeline.reviews, model):
+        _report(stage.run(shards))
+
+
+@main.command()
+@run_options
+def dataset(pipeline, shards):
+    """DATASET: accepted rationales and feedback as instruction records, with the committee's statistics."""
+    from .stats import format_stats
+
+    click.echo(format_stats(pipeline.dataset.run()))
+
+
+@main.command()
+@run_options
+def distill(pipeline, shards):
+    """Every stage in order on this machine, loading each model once."""
+    from .stats import format_stats
+
+    if shards is not None:
+        raise click.BadParameter("distill runs every shard; use a stage command for one", param_hint="--shard")
+    for figures in pipeline.run_local():
+        _report(figures)
+    _exam_summary(pipeline)
+    click.echo(format_stats(pipeline.dataset.run()))
+    click.echo(f"instruction records: {pipeline.dataset.records_path}")

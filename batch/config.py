@@ -8,7 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from .shards import atomic_write
+
 DEFAULT_STUDENT = "smollm2-135m-instruct"
+DEMO_COMMITTEE = ("demo-teacher-a", "demo-teacher-b", "demo-teacher-c")
 PAPER_SEED = 731
 
 
@@ -17,15 +20,22 @@ class RunConfig:
     task: str
     run_dir: Path
     student: str = DEFAULT_STUDENT      # registry name or YAML path
-    engine: str | None = None           # overrides the registry's engine (vllm | transformers)
+    engine: str | None = None           # overrides every model's registry engine (vllm | transformers)
     data: str | None = None             # None: bundled original files; else a folder, file or hub id
     limit: int | None = None            # first N questions of each split
     seed: int = PAPER_SEED
     num_shards: int = 1
+    teachers: tuple[str, ...] = DEMO_COMMITTEE   # registry names or YAML paths
+    policy: str = "default"             # acceptance preset (batch.committee.PRESETS)
+    policy_overrides: tuple[tuple[str, object], ...] = ()   # (field, value) pairs over the preset
+    selection: str = "paper"            # paper: one rationale + one feedback per question; all
+    feedback: bool = True               # False: the no-feedback ablation
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["run_dir"] = str(self.run_dir)
+        d["teachers"] = list(self.teachers)
+        d["policy_overrides"] = dict(self.policy_overrides)
         return d
 
     def save(self) -> Path:
@@ -33,8 +43,8 @@ class RunConfig:
         text = yaml.safe_dump(self.to_dict(), sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = Path(self.run_dir) / "config.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# config hash: {digest}\n{text}")
+        # Array tasks of one run may write it at the same time: never leave it half-written.
+        atomic_write(path, lambda f: f.write(f"# config hash: {digest}\n{text}".encode()))
         return path
 
 

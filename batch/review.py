@@ -1,0 +1,83 @@
+"""REVIEW: one reviewer scores every rationale written by the OTHER teachers (never its own),
+shown the gold answer, and with ``review_feedback`` their feedback too. One job = one reviewer
+model, loaded once, for its shard. Requests are grouped by question so the ones sharing a
+prompt prefix run together and vLLM's prefix cache serves them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from local_teachers.engine import Request
+
+from .committee import parse_score
+from .config import request_seed
+from .prompts import load_prompt
+from .stage import Stage
+from .teach import Teach
+
+SCHEMA = {
+    "question_id": pl.String,
+    "author": pl.String,
+    "reviewer": pl.String,
+    "kind": pl.String,              # what was reviewed: "rationale" | "feedback"
+    "prompt": pl.String,
+    "completion": pl.String,
+    "score": pl.Int8,               # null when the review gave no usable score
+    "score_status": pl.String,      # "ok" | "no_score" | "out_of_range"
+    "prompt_tokens": pl.Int32,
+    "completion_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "seed": pl.Int64,
+}
+
+
+class Review(Stage):
+    name = "review"
+    schema = SCHEMA
+
+    def __init__(self, reviewer: Teach, committee: list[Teach], review_feedback: bool):
+        """``reviewer`` is the reviewing model's own teach stage (its model and settings);
+        ``committee`` all teach stages, the reviewer's among them."""
+        cfg = reviewer.cfg
+        super().__init__(cfg, reviewer.spec, Path(cfg.run_dir) / "review" / reviewer.spec.name)
+        self.exam = reviewer.exam
+        self.authors = [t for t in committee if t.spec.name != reviewer.spec.name]
+        if not self.authors:
+            raise ValueError("peer review needs at least two teachers; with one, run without review")
+        self.review_feedback = review_feedback and cfg.feedback
+        family = self.exam.task.family
+        self.prompts = {"rationale": load_prompt("peer_review", family)}
+        if self.review_feedback:
+            self.prompts["feedback"] = load_prompt("peer_review", "feedback")
+
+    def identity(self) -> dict:
+        return {
+            "stage": self.name, "reviewer": self.spec.name, "model_identity": self.spec.identity(),
+            "seed": self.cfg.seed, "num_shards": self.cfg.num_shards,
+            "prompts_sha256": {k: p.sha256 for k, p in self.prompts.items()},
+            "authors": {t.spec.name: t.fingerprint() for t in self.authors},
+        }
+
+    def rows(self, shard: int, engine) -> list[dict]:
+        exam = {r["question_id"]: r for r in self.exam.shard_frame(shard).iter_rows(named=True)}
+        written = pl.concat([t.shard_frame(shard) for t in self.authors])
+        written = written.filter(pl.col("kind").is_in(list(self.prompts))).sort("question_id", "kind", "teacher", maintain_order=True)
+        todo = []
+        for w in written.iter_rows(named=True):
+            q = exam[w["question_id"]]
+            text = self.prompts[w["kind"]].render(
+                question=q["question"], gold=q["gold"], rationale=w["completion"],
+                feedback=w["completion"], student_answer=q["completion"])
+            seed = request_seed(self.cfg.seed, self.name, self.spec.name, w["teacher"], w["kind"], w["question_id"])
+            todo.append((w, Request(f"{w['teacher']}:{w['kind']}:{w['question_id']}", (("user", text),), self.spec.sampling, seed)))
+        rows = []
+        for (w, r), c in zip(todo, engine.generate([r for _, r in todo])):
+            score = parse_score(c.text)
+            rows.append({
+                "question_id": w["question_id"], "author": w["teacher"], "reviewer": self.spec.name,
+                "kind": w["kind"], "prompt": c.prompt, "completion": c.text, "score": score.value,
+                "score_status": score.status.value, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason, "seed": r.seed,
+            })
+        return rows

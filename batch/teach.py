@@ -1,0 +1,92 @@
+"""TEACH: for every mistake of the exam, one teacher writes (a) feedback on the student's wrong
+answer, shown the gold answer as a hint, and (b) its own rationale, shown only the question
+(the student's own exam prompt). One job = one teacher model, loaded once, for its shard."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import polars as pl
+
+from local_teachers.engine import Request
+from local_teachers.registry import load_spec
+
+from .config import request_seed
+from .exam import Exam
+from .prompts import load_prompt
+from .stage import Stage
+from .tasks import Verdict
+
+SCHEMA = {
+    "question_id": pl.String,
+    "teacher": pl.String,
+    "kind": pl.String,              # "rationale" | "feedback"
+    "prompt": pl.String,
+    "completion": pl.String,
+    "answer": pl.String,            # rationales: the answer the task's grader extracted
+    "verdict": pl.String,           # rationales: that answer against gold; feedback: null
+    "prompt_tokens": pl.Int32,
+    "completion_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "seed": pl.Int64,
+}
+
+
+def mistakes(exam_rows: pl.DataFrame) -> pl.DataFrame:
+    """Every answer that is not correct: wrong ones, and unparseable ones (no answer is a mistake too)."""
+    return exam_rows.filter(pl.col("verdict") != Verdict.CORRECT.value)
+
+
+class Teach(Stage):
+    name = "teach"
+    schema = SCHEMA
+
+    def __init__(self, exam: Exam, teacher: str):
+        spec = load_spec(teacher).with_engine(exam.cfg.engine)
+        super().__init__(exam.cfg, spec, Path(exam.cfg.run_dir) / "teach" / spec.name)
+        self.exam = exam
+        self.rationale_prompt = exam.prompt
+        self.feedback_prompt = load_prompt("teacher_feedback", exam.task.family)
+
+    def identity(self) -> dict:
+        return {
+            "stage": self.name, "teacher": self.spec.name, "model_identity": self.spec.identity(),
+            "seed": self.cfg.seed, "num_shards": self.cfg.num_shards, "feedback": self.cfg.feedback,
+            "rationale_prompt_sha256": self.rationale_prompt.sha256,
+            "feedback_prompt_sha256": self.feedback_prompt.sha256,
+            "exam": self.exam.fingerprint(),
+        }
+
+    @cached_property
+    def questions(self):
+        return {q.id: q for q in self.exam.questions}
+
+    def requests(self, shard: int) -> list[tuple[str, str, Request]]:
+        """(kind, question id, request) for every mistake in the exam's shard."""
+        out = []
+        for m in mistakes(self.exam.shard_frame(shard)).iter_rows(named=True):
+            qid = m["question_id"]
+            text = self.rationale_prompt.render(question=m["question"])
+            out.append(("rationale", qid, self._request("rationale", qid, text)))
+            if self.cfg.feedback:
+                text = self.feedback_prompt.render(question=m["question"], student_answer=m["completion"], gold=m["gold"])
+                out.append(("feedback", qid, self._request("feedback", qid, text)))
+        return out
+
+    def _request(self, kind: str, qid: str, text: str) -> Request:
+        return Request(f"{kind}:{qid}", (("user", text),), self.spec.sampling,
+                       seed=request_seed(self.cfg.seed, self.name, self.spec.name, kind, qid))
+
+    def rows(self, shard: int, engine) -> list[dict]:
+        todo = self.requests(shard)
+        rows = []
+        for (kind, qid, r), c in zip(todo, engine.generate([r for _, _, r in todo])):
+            graded = self.exam.task.grade(c.text, self.questions[qid]) if kind == "rationale" else None
+            rows.append({
+                "question_id": qid, "teacher": self.spec.name, "kind": kind, "prompt": c.prompt,
+                "completion": c.text, "answer": graded.answer if graded else None,
+                "verdict": graded.verdict.value if graded else None,
+                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "finish_reason": c.finish_reason, "seed": r.seed,
+            })
+        return rows

@@ -1,0 +1,187 @@
+"""exam -> teach -> review -> dataset: bookkeeping with scripted engines (each model answers by
+a script), one engine load per shared-weights committee, and the real demo committee on vLLM."""
+import re
+from dataclasses import replace
+
+import polars as pl
+import pytest
+import yaml
+
+from batch.config import RunConfig
+from batch.pipeline import Pipeline
+from batch.stats import format_stats
+from local_teachers.engine import Completion, EnginePool, Usage
+
+GOLD = re.compile(r"correct (?:final )?answer is (\S+?)\.?\s")
+
+
+class Script:
+    """One scripted model: ``answer(request_text) -> completion``; counts its requests."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.usage = Usage()
+        self.seen = []
+
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            text = self.answer(r.messages[0][1])
+            self.seen.append(r)
+            self.usage.requests += 1
+            out.append(Completion(r.id, r.messages[0][1], text, 10, 5, "stop"))
+        return out
+
+
+class ScriptedPool:
+    def __init__(self, scripts):
+        self.scripts = scripts
+        self.loads = 0
+
+    def get(self, spec):
+        return self.scripts[spec.name]
+
+    def close(self):
+        pass
+
+
+def _committee_scripts(gold_of):
+    """Student always wrong. Teacher a: right answers, scored 5 by all. Teacher b: wrong final
+    answers that reviewers still like (4): the answer check's case. Teacher c: right answers
+    that reviewers score 2 or leave unscored."""
+    def student(text):
+        return "I think the answer is 999999."
+
+    def teacher(name):
+        def answer(text):
+            if "Reviewing" in text or "You are reviewing" in text:
+                author_solution = text.split("under review:")[1]
+                if "by teacher a" in author_solution:
+                    return "Every step is right. Score: [5]"
+                if "by teacher b" in author_solution:
+                    return "Nicely explained, though 2 steps are terse. [4]"
+                return "Unclear; I cannot tell." if name == "demo-teacher-a" else "Weak. [2]"
+            if "wrong" in text and "Student's" in text:
+                return f"Feedback by {name}: check the subtraction in step 2."
+            q = text.split("Problem: ", 1)[1].strip()
+            final = gold_of[q] if name != "demo-teacher-b" else "123456"
+            return f"Solved by teacher {name[-1]}. The answer is {final}."
+        return answer
+
+    return {"smollm2-135m-instruct": Script(student),
+            **{f"demo-teacher-{k}": Script(teacher(f"demo-teacher-{k}")) for k in "abc"}}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return RunConfig(task="svamp", run_dir=tmp_path / "run", limit=6, num_shards=2)
+
+
+def _run(cfg):
+    pipeline = Pipeline(cfg)
+    gold_of = {q.text: q.gold for q in pipeline.exam.questions}
+    pool = ScriptedPool(_committee_scripts(gold_of))
+    figures = pipeline.run_local(pool)
+    stats = pipeline.dataset.run()
+    return pipeline, pool, figures, stats
+
+
+def test_committee_writes_reviews_decisions_and_paper_selection(cfg):
+    pipeline, pool, figures, stats = _run(cfg)
+    scripts = pool.scripts
+    # Every mistake (all 6) gets a rationale and feedback from each of the 3 teachers.
+    for k in "abc":
+        teach = scripts[f"demo-teacher-{k}"].seen
+        assert sum(r.id.startswith("rationale:") for r in teach) == 6
+        assert sum(r.id.startswith("feedback:") for r in teach) == 6
+    # Reviews: each rationale by the 2 other teachers, never by its author.
+    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    assert reviews.height == 6 * 3 * 2 and (reviews["author"] != reviews["reviewer"]).all()
+    assert (reviews.group_by("question_id", "author").len()["len"] == 2).all()
+    assert set(reviews["kind"]) == {"rationale"}      # feedback is not peer-reviewed by default
+    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
+    rationales = decisions.filter(pl.col("kind") == "rationale")
+    by_teacher = dict(rationales.group_by("teacher").agg(pl.col("accepted").sum()).iter_rows())
+    assert by_teacher == {"demo-teacher-a": 6, "demo-teacher-b": 0, "demo-teacher-c": 0}
+    assert set(rationales.filter(pl.col("teacher") == "demo-teacher-b")["reason"].str.slice(0, 18)) == {"answer check faile"}
+    assert rationales.filter(pl.col("teacher") == "demo-teacher-a")["mean_score"].to_list() == [5.0] * 6
+    # Paper selection: one rationale and one feedback per kept question.
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    assert records.height == 12 and records["question_id"].n_unique() == 6
+    assert sorted(records["kind"].value_counts()["count"].to_list()) == [6, 6]
+    r = records.filter(pl.col("kind") == "rationale").row(0, named=True)
+    assert r["teacher"] == "demo-teacher-a" and r["scores"] == [5, 5]
+    assert r["reviewers"] == ["demo-teacher-b", "demo-teacher-c"]
+    assert r["prompt"].startswith("Solve the following math word problem") and "The answer is" in r["response"]
+    f = records.filter(pl.col("kind") == "feedback").row(0, named=True)
+    assert "I think the answer is 999999." in f["prompt"] and f["response"].startswith("Feedback by")
+    # Statistics.
+    assert stats["questions_by_accepted_rationales"] == {"0": 0, "1": 6, "2": 0, "3": 0}
+    assert stats["passed_review_but_wrong_answer"] == 6
+    assert stats["parse_failures_per_reviewer"]["demo-teacher-a"] == {"reviews": 12, "no_score": 6, "out_of_range": 0}
+    matrix = {(m["reviewer"], m["author"]): m["mean_score"] for m in stats["review_matrix"]}
+    assert matrix[("demo-teacher-b", "demo-teacher-a")] == 5.0 and matrix[("demo-teacher-a", "demo-teacher-b")] == 4.0
+    assert matrix[("demo-teacher-a", "demo-teacher-c")] is None and matrix[("demo-teacher-b", "demo-teacher-c")] == 2.0
+    text = format_stats(stats)
+    assert "6 questions kept" in text and "reviewer x author" in text
+
+
+def test_paper_policy_keeps_well_reviewed_rationales_with_wrong_answers(cfg):
+    pipeline, _, _, stats = _run(replace(cfg, policy="paper", selection="all"))
+    decisions = pl.read_parquet(pipeline.dataset.decisions_path).filter(pl.col("kind") == "rationale")
+    accepted = dict(decisions.group_by("teacher").agg(pl.col("accepted").sum()).iter_rows())
+    # b: mean(4, 4) = 4 > 3 accepted without the answer check; c: only [2] valid -> rejected.
+    assert accepted == {"demo-teacher-a": 6, "demo-teacher-b": 6, "demo-teacher-c": 0}
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    assert (records["kind"] == "rationale").sum() == 12 and (records["kind"] == "feedback").sum() == 18
+
+
+def test_rerun_does_nothing_and_a_teacher_change_redoes_only_downstream(cfg, caplog):
+    _run(cfg)
+    _, pool, figures, _ = _run(cfg)
+    assert all(f["shards_run"] == 0 for f in figures)
+    assert not any(s.seen for s in pool.scripts.values())
+    # A changed review setting (feedback reviewed too) redoes review and dataset, not exam or teach.
+    changed = replace(cfg, policy_overrides=(("review_feedback", True),))
+    with caplog.at_level("INFO"):
+        pipeline, pool, figures, _ = _run(changed)
+    ran = {f["stage"]: f["shards_run"] for f in figures}
+    assert ran["exam smollm2-135m-instruct"] == 0
+    assert all(ran[f"teach demo-teacher-{k}"] == 0 for k in "abc")
+    assert all(ran[f"review demo-teacher-{k}"] == 2 for k in "abc")
+    assert "dataset: to do (written by another configuration" in caplog.text
+    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    assert set(reviews["kind"]) == {"rationale", "feedback"}
+
+
+def test_single_teacher_and_no_feedback_ablations(cfg):
+    pipeline, pool, _, stats = _run(replace(cfg, teachers=("demo-teacher-a",), feedback=False))
+    assert pipeline.reviews == [] and "review_matrix" not in stats
+    assert all(r.id.startswith("rationale:") for r in pool.scripts["demo-teacher-a"].seen)
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    assert set(records["kind"]) == {"rationale"} and records.height == 6
+    assert records["scores"].to_list() == [[]] * 6
+
+
+def test_no_accepted_rationale_leaves_an_empty_dataset_with_a_clear_count(cfg):
+    pipeline, _, _, stats = _run(replace(cfg, policy_overrides=(("threshold", 5.0),)))
+    assert stats["rationales_accepted"] == 0 and stats["questions_kept"] == 0
+    assert pl.read_parquet(pipeline.dataset.records_path).height == 0
+
+
+def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
+    spec = yaml.safe_load(tiny_spec_file.read_text())
+    paths = []
+    for name, temp in [("tiny-a", 0.8), ("tiny-b", 1.0)]:
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({**spec, "name": name, "sampling": {**spec["sampling"], "temperature": temp}}))
+        paths.append(str(p))
+    cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=3, student=str(tiny_spec_file),
+                    teachers=tuple(paths))
+    pool = EnginePool()
+    pipeline = Pipeline(cfg)
+    pipeline.run_local(pool)
+    assert pool.loads == 1
+    pipeline.dataset.run()
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    assert set(records.columns) >= {"record_id", "question_id", "kind", "prompt", "response", "teacher"}
