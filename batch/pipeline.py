@@ -32,11 +32,14 @@ class Pipeline:
         return [self.exam, *self.teaches, *self.reviews]
 
     def run_local(self, pool: EnginePool | None = None) -> list[dict]:
-        """Every stage, every shard, in order; returns the figures of each model stage."""
+        """Every model stage, every shard, in order; returns the figures of each. A pool passed
+        in stays open for the caller."""
+        own = pool is None
         pool = pool or EnginePool()
         try:
             figures = [stage.run(pool=pool) for stage in self.model_stages()]
         finally:
-            pool.close()
+            if own:
+                pool.close()
         log.info("models loaded in this run: %d", pool.loads)
         return figures

@@ -185,3 +185,36 @@ def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
     pipeline.dataset.run()
     records = pl.read_parquet(pipeline.dataset.records_path)
     assert set(records.columns) >= {"record_id", "question_id", "kind", "prompt", "response", "teacher"}
+
+
+def test_real_committee_on_vllm(tmp_path, vllm_engine):
+    """The embedded default as `make distill` runs it, smaller: the real SmolLM2 as student and
+    as a two-member demo committee, on real vLLM, sampled, two shards."""
+    cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=4, num_shards=2,
+                    teachers=("demo-teacher-a", "demo-teacher-b"))
+    pool = EnginePool()
+    pool.engine = vllm_engine          # the session's engine: same weights as every member
+    pipeline = Pipeline(cfg)
+    assert pipeline.exam.spec.sampling.temperature == 0.3
+    figures = pipeline.run_local(pool)
+    assert pool.loads == 0 and all(f["shards_run"] == 2 for f in figures)
+    exam = pipeline.exam.results()
+    assert exam.height == 4 and set(exam["verdict"]) <= {"correct", "wrong", "unparseable"}
+    assert (exam["completion_tokens"] > 0).all()
+    assert exam.filter(pl.col("verdict") != "unparseable")["answer"].null_count() == 0
+    mistakes = exam.filter(pl.col("verdict") != "correct").height
+    teach = pl.concat([t.results() for t in pipeline.teaches])
+    assert teach.height == mistakes * 2 * 2 and (teach["completion_tokens"] > 0).all()
+    assert teach.filter(pl.col("kind") == "feedback")["prompt"].str.contains("correct final answer is").all()
+    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    assert reviews.height == mistakes * 2 and (reviews["author"] != reviews["reviewer"]).all()
+    ok = reviews.filter(pl.col("score_status") == "ok")["score"]
+    assert ok.is_between(1, 5).all() and reviews.filter(pl.col("score_status") != "ok")["score"].null_count() == \
+        reviews.filter(pl.col("score_status") != "ok").height
+    stats = pipeline.dataset.run()
+    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
+    assert decisions.height == teach.height and stats["rationales"] == mistakes * 2
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    accepted = decisions.filter(pl.col("accepted") & (pl.col("kind") == "rationale"))
+    assert records.filter(pl.col("kind") == "rationale").height == accepted["question_id"].n_unique()
+    assert sum(stats["questions_by_accepted_rationales"].values()) == mistakes
