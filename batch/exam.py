@@ -1,5 +1,6 @@
 """EXAM: the student answers every question of the train split; every answer is graded and kept,
-so the next stage can pick the mistakes."""
+so the next stage can pick the mistakes. ``StudentAnswers`` is what EXAM and EVAL share: the
+student answering a split, graded by the task's grader."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from local_teachers.engine import Request
-from local_teachers.registry import load_spec
+from local_teachers.registry import ModelSpec, load_spec
 
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt
@@ -31,26 +32,29 @@ SCHEMA = {
 }
 
 
-class Exam(Stage):
-    name = "exam"
-    schema = SCHEMA
+class StudentAnswers(Stage):
+    """The student answers ``split``; subclasses set ``name``, ``split`` and ``adapter``."""
 
-    def __init__(self, cfg: RunConfig):
-        super().__init__(cfg, load_spec(cfg.student).with_engine(cfg.engine), Path(cfg.run_dir) / "exam")
+    schema = SCHEMA
+    split = "train"
+    adapter: str | None = None
+
+    def __init__(self, cfg: RunConfig, spec: ModelSpec, folder: Path):
+        super().__init__(cfg, spec, folder)
         self.task = get_task(cfg.task)
         self.prompt = load_prompt("student_answer", self.task.family)
 
     def identity(self) -> dict:
         cfg = self.cfg
         return {
-            "stage": self.name, "task": cfg.task, "data": cfg.data, "limit": cfg.limit, "seed": cfg.seed,
-            "num_shards": cfg.num_shards, "model": self.spec.name, "model_identity": self.spec.identity(),
-            "prompt_sha256": self.prompt.sha256,
+            "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.data, "limit": cfg.limit,
+            "seed": cfg.seed, "num_shards": cfg.num_shards, "model": self.spec.name,
+            "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256,
         }
 
     @cached_property
     def questions(self):
-        questions = self.task.load("train", self.cfg.data)
+        questions = self.task.load(self.split, self.cfg.data)
         return questions[: self.cfg.limit] if self.cfg.limit else questions
 
     def rows(self, shard: int, engine) -> list[dict]:
@@ -61,7 +65,7 @@ class Exam(Stage):
             for q in questions
         ]
         rows = []
-        for q, r, c in zip(questions, requests, engine.generate(requests)):
+        for q, r, c in zip(questions, requests, engine.generate(requests, adapter=self.adapter)):
             graded = self.task.grade(c.text, q)
             rows.append({
                 "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,
@@ -72,10 +76,12 @@ class Exam(Stage):
         return rows
 
     def summary(self) -> dict:
+        """Counts of the finished stage, also written to summary.json beside its shards."""
         df = self.results()
         counts = {v.value: int((df["verdict"] == v.value).sum()) for v in Verdict}
         summary = {
             "task": self.cfg.task,
+            "split": self.split,
             "questions": df.height,
             "accuracy": counts["correct"] / df.height if df.height else 0.0,
             "correct": counts["correct"],
@@ -87,3 +93,10 @@ class Exam(Stage):
         }
         (self.stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+class Exam(StudentAnswers):
+    name = "exam"
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg, load_spec(cfg.student).with_engine(cfg.engine), Path(cfg.run_dir) / "exam")

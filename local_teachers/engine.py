@@ -57,7 +57,8 @@ class Usage:
 
 class Engine:
     """Common part of every backend: chat rendering, context-length checks, usage counters.
-    Backends implement ``_load`` and ``_generate(prompt_ids, requests) -> [(text, n_tokens, reason)]``."""
+    Backends implement ``_load``, ``_release`` and
+    ``_generate(prompt_ids, requests, adapter) -> [(text, n_tokens, reason)]``."""
 
     def __init__(self, spec: ModelSpec):
         go_offline()
@@ -74,7 +75,8 @@ class Engine:
             return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(content for _, content in messages) + "\n\n"
 
-    def generate(self, requests: list[Request]) -> list[Completion]:
+    def generate(self, requests: list[Request], adapter: str | None = None) -> list[Completion]:
+        """Completions in request order; ``adapter`` is a peft LoRA folder applied to the model."""
         prompts = [self.render(r.messages) for r in requests]
         # The template already holds the special tokens, so do not add them twice.
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -85,7 +87,7 @@ class Engine:
             t0 = time.perf_counter()
             # Never ask for more new tokens than the context has room for.
             capped = [_cap(requests[i], limit - len(ids[i])) for i in fits]
-            outs = self._generate([ids[i] for i in fits], capped)
+            outs = self._generate([ids[i] for i in fits], capped, adapter)
             self.usage.seconds += time.perf_counter() - t0
             results.update(zip(fits, outs))
         completions = []
@@ -121,7 +123,8 @@ class Engine:
     def _release(self) -> None:
         raise NotImplementedError
 
-    def _generate(self, prompt_ids: list[list[int]], requests: list[Request]) -> list[tuple[str, int, str]]:
+    def _generate(self, prompt_ids: list[list[int]], requests: list[Request],
+                  adapter: str | None) -> list[tuple[str, int, str]]:
         raise NotImplementedError
 
 

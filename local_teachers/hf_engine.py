@@ -7,6 +7,7 @@ Greedy decoding does not depend on seeds at all.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from tqdm import tqdm
@@ -35,21 +36,39 @@ class TransformersEngine(Engine):
         ).eval()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(self.model, tokenizer)
+        self.adapter_names: dict[str, str] = {}
         return tokenizer
 
     def _release(self):
         del self.model
 
-    def _generate(self, prompt_ids, requests):
+    def _use_adapter(self, adapter):
+        """Activate the peft adapter in ``adapter`` (loaded once), or the bare base model."""
+        from peft import PeftModel
+
+        if adapter is None:
+            return self.model.disable_adapter() if isinstance(self.model, PeftModel) else contextlib.nullcontext()
+        name = self.adapter_names.get(adapter)
+        if name is None:
+            name = self.adapter_names[adapter] = f"adapter-{len(self.adapter_names) + 1}"
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(adapter, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, adapter, adapter_name=name).eval()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def _generate(self, prompt_ids, requests, adapter):
         # A batch shares one set of sampling settings; longest first, so memory trouble shows early.
         groups: dict = {}
         for i in sorted(range(len(requests)), key=lambda i: -len(prompt_ids[i])):
             groups.setdefault(requests[i].sampling, []).append(i)
         batches = [g[k:k + self.batch_size] for g in groups.values() for k in range(0, len(g), self.batch_size)]
         result: list = [None] * len(requests)
-        for batch in tqdm(batches, desc=f"{self.spec.name} (transformers)", unit="batch"):
-            for i, out in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], requests[batch[0]])):
-                result[i] = out
+        with self._use_adapter(adapter):
+            for batch in tqdm(batches, desc=f"{self.spec.name} (transformers)", unit="batch"):
+                for i, out in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], requests[batch[0]])):
+                    result[i] = out
         return result
 
     def _generate_batch(self, ids_list, first):

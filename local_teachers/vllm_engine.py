@@ -38,14 +38,16 @@ class VLLMEngine(Engine):
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
         kwargs.update(spec.vllm)
         self.llm = LLM(**kwargs)
+        self.adapter_ids: dict[str, int] = {}
         return self.llm.get_tokenizer()
 
     def _release(self):
         del self.llm
 
-    def _generate(self, prompt_ids, requests):
+    def _generate(self, prompt_ids, requests, adapter):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
 
         params = [
             SamplingParams(
@@ -56,7 +58,13 @@ class VLLMEngine(Engine):
             )
             for r in requests
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=True)
+        lora = None
+        if adapter is not None:
+            # vLLM caches adapters by integer id: one id per folder for this engine's life.
+            lora_id = self.adapter_ids.setdefault(adapter, len(self.adapter_ids) + 1)
+            lora = LoRARequest(f"adapter-{lora_id}", lora_id, adapter)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
+                                    use_tqdm=True, lora_request=lora)
         result = []
         for out in outputs:
             best = out.outputs[0]

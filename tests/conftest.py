@@ -73,3 +73,38 @@ def data_copy(tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(ROOT / "batch" / "data", dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def vllm_lora_engine(smol_spec):
+    """A second vLLM engine on SmolLM2 with LoRA enabled, as the eval stage loads it."""
+    from dataclasses import replace
+
+    return load_engine(replace(smol_spec.with_engine("vllm"),
+                               vllm={**smol_spec.vllm, "enable_lora": True, "max_lora_rank": 64}))
+
+
+@pytest.fixture(scope="session")
+def random_adapter(smol_spec, tmp_path_factory) -> Path:
+    """A peft LoRA adapter with random (non-zero) weights on every linear layer of SmolLM2."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("random-adapter")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(smol_spec.path, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def short_student(smol_spec, tmp_path_factory) -> Path:
+    """The real student with answers capped at 64 new tokens, to keep real-model tests short."""
+    path = tmp_path_factory.mktemp("registry-short") / "smollm2-short.yaml"
+    raw = yaml.safe_load(Path(smol_spec.source).read_text())
+    raw["sampling"]["max_tokens"] = 64
+    path.write_text(yaml.safe_dump(raw))
+    return path

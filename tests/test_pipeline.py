@@ -23,7 +23,7 @@ class Script:
         self.usage = Usage()
         self.seen = []
 
-    def generate(self, requests):
+    def generate(self, requests, adapter=None):
         out = []
         for r in requests:
             text = self.answer(r.messages[0][1])
