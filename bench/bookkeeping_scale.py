@@ -1,0 +1,114 @@
+"""Scale of the bookkeeping: exam -> teach -> review -> dataset with an engine that answers
+instantly, so what is measured is this project's own code (prompt rendering, grading, Parquet
+shards, manifests, joins, decisions, selection), not a model.
+
+    .venv/bin/python bench/bookkeeping_scale.py [--sizes 10000,100000] [--teachers 3] [--shards 4]
+
+Each size runs in its own process (peak RSS is per process); the table gives wall time per
+stage, peak memory, and how both grow from the smallest size to the largest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+
+class InstantEngine:
+    """Answers every request at once: the student wrong, teachers right, reviewers with [4]."""
+
+    def __init__(self):
+        from local_teachers.engine import Usage
+        self.usage = Usage()
+
+    def generate(self, requests, adapter=None):
+        from local_teachers.engine import Completion
+        out = []
+        for r in requests:
+            text = r.messages[0][1]
+            if text.startswith("You are reviewing"):
+                answer = "Clear and correct. [4]"
+            elif "got it wrong" in text:
+                answer = "Check step 2: 3 + 4 is 7, not 8."
+            else:
+                answer = "3 + 4 = 7. The answer is 7." if r.id.startswith("rationale:") else "The answer is 8."
+            out.append(Completion(r.id, text, answer, 100, 12, "stop"))
+        self.usage.requests += len(requests)
+        return out
+
+
+class Pool:
+    def __init__(self):
+        self.engine = InstantEngine()
+        self.loads = 0
+
+    def get(self, spec):
+        return self.engine
+
+
+def one_size(n: int, teachers: int, shards: int) -> dict:
+    from batch.config import RunConfig
+    from batch.pipeline import Pipeline
+
+    work = Path(tempfile.mkdtemp(prefix=f"mapd-scale-{n}-"))
+    data = work / "train.jsonl"
+    with open(data, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"question": f"Question {i}: what is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"}) + "\n")
+    cfg = RunConfig(task="gsm8k", run_dir=work / "run", data=str(data), num_shards=shards,
+                    teachers=tuple(f"demo-teacher-{'abc'[k]}" for k in range(teachers)))
+    pipeline = Pipeline(cfg)
+    pool = Pool()
+    times = {}
+    for label, stages in [("exam", [pipeline.exam]), ("teach", pipeline.teaches), ("review", pipeline.reviews)]:
+        t0 = time.perf_counter()
+        for stage in stages:
+            stage.run(pool=pool)
+        times[label] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stats = pipeline.dataset.run()
+    times["dataset"] = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"n": n, "times": times, "peak_mb": peak_mb, "records": sum(stats["records"].values()),
+            "generations": pool.engine.usage.requests}
+
+
+@click.command()
+@click.option("--sizes", default="10000,100000", show_default=True)
+@click.option("--teachers", default=3, show_default=True)
+@click.option("--shards", default=4, show_default=True)
+@click.option("--child", type=int, default=None, hidden=True)
+def main(sizes, teachers, shards, child):
+    if child is not None:
+        print(json.dumps(one_size(child, teachers, shards)))
+        return
+    rows = []
+    for n in [int(s) for s in sizes.split(",")]:
+        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--teachers", str(teachers),
+                              "--shards", str(shards)], capture_output=True, text=True, env={**os.environ})
+        if out.returncode:
+            sys.exit(out.stderr)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    stages = list(rows[0]["times"])
+    print(f"\nbookkeeping with an instant engine, {teachers} teachers, {shards} shards, {os.cpu_count()} CPUs")
+    print(f"{'questions':>10}{'generations':>13}" + "".join(f"{s + ' s':>11}" for s in stages)
+          + f"{'total s':>10}{'peak MB':>10}{'us/gen':>9}")
+    for r in rows:
+        total = sum(r["times"].values())
+        print(f"{r['n']:>10}{r['generations']:>13}" + "".join(f"{r['times'][s]:>11.1f}" for s in stages)
+              + f"{total:>10.1f}{r['peak_mb']:>10.0f}{1e6 * total / r['generations']:>9.1f}")
+    first, last = rows[0], rows[-1]
+    scale = last["n"] / first["n"]
+    print(f"growth x{scale:.0f} in questions: time x{sum(last['times'].values()) / sum(first['times'].values()):.1f}, "
+          f"peak memory x{last['peak_mb'] / first['peak_mb']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
