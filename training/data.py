@@ -1,0 +1,194 @@
+"""Instruction records -> token examples -> padded batches.
+
+A record (the dataset stage's `records.parquet`) is one user turn (`prompt`) and one assistant
+turn (`response`) of a kind, "rationale" or "feedback". It is rendered with the student's chat
+template: the prompt part is the template with the generation prompt, the full text is the prompt
+part + the response + the template's end-of-turn token. Only the response tokens (and the
+end-of-turn token) are learnt; the prompt and the padding are labelled -100.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+
+KINDS = ("feedback", "rationale")   # index 0 = feedback (weight alpha), 1 = rationale (1 - alpha)
+REQUIRED = ("record_id", "question_id", "kind", "prompt", "response")
+IGNORE = -100
+MEGA_BATCH = 50     # length grouping sorts within chunks of MEGA_BATCH * batch_size examples
+_SENTINEL = "\x00MAPD-RESPONSE\x00"
+
+
+class RecordsError(ValueError):
+    """The records file cannot be trained on; the message says why."""
+
+
+def load_records(path: str | Path) -> pl.DataFrame:
+    """The records file's required columns (others, such as provenance, are dropped), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordsError(f"no records file {path}: run the dataset stage first")
+    df = pl.read_parquet(path)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise RecordsError(f"{path}: missing column(s) {', '.join(missing)}; the training contract needs "
+                           f"{', '.join(REQUIRED)}")
+    df = df.select(REQUIRED)
+    if df.height == 0:
+        raise RecordsError(f"{path} holds zero records: the committee accepted nothing to train on "
+                           "(see the dataset stage's stats.json), so there is no adapter to train")
+    unknown = sorted(set(df["kind"].to_list()) - set(KINDS))
+    if unknown:
+        raise RecordsError(f"{path}: unknown kind(s) {unknown}; expected {', '.join(KINDS)}")
+    nulls = [c for c in ("prompt", "response") if df[c].null_count()]
+    if nulls:
+        raise RecordsError(f"{path}: null values in column(s) {', '.join(nulls)}")
+    return df
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message, stripped of whitespace
+    (``<|im_end|>`` for ChatML, ``</s>`` for Llama 2, ``<|eot_id|>`` for Llama 3); the
+    tokenizer's EOS token when the template adds nothing."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    tail = text[text.index(_SENTINEL) + len(_SENTINEL):].strip()
+    eot = tail or tokenizer.eos_token
+    if not eot:
+        raise ValueError("the chat template ends assistant turns with nothing and the tokenizer has no EOS token")
+    return eot
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+@dataclass
+class Example:
+    record_id: str
+    kind: int                 # index into KINDS
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Encoded:
+    examples: list[Example]
+    per_kind: dict[str, int]            # records per kind in the file
+    truncated: list[str] = field(default_factory=list)   # record ids whose response was cut
+    skipped: list[str] = field(default_factory=list)     # record ids whose prompt alone fills max_length
+
+    def counts(self) -> dict:
+        return {"records": sum(self.per_kind.values()), "per_kind": self.per_kind,
+                "examples": len(self.examples),
+                "examples_per_kind": {k: sum(e.kind == i for e in self.examples) for i, k in enumerate(KINDS)},
+                "truncated": len(self.truncated), "skipped": len(self.skipped),
+                "response_tokens": sum(sum(t != IGNORE for t in e.labels) for e in self.examples)}
+
+
+class Encoder:
+    """Renders and tokenizes records for one tokenizer. The template text already holds its
+    special tokens, so the tokenizer adds none of its own, except a BOS the tokenizer always adds
+    and the template leaves out."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.eot = end_of_turn(tokenizer)
+        bos = tokenizer.bos_token
+        adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+        rendered_bos = bos is not None and prompt_text(tokenizer, "a").startswith(bos)
+        self.bos = [tokenizer.bos_token_id] if adds_bos and not rendered_bos else []
+
+    def tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode(self, record_id: str, kind: str, prompt: str, response: str) -> tuple[Example | None, bool]:
+        """(example, truncated); example is None when the prompt alone fills max_length."""
+        p = self.bos + self.tokens(prompt_text(self.tokenizer, prompt))
+        r = self.tokens(response + self.eot)
+        room = self.max_length - len(p)
+        if room <= 0:
+            return None, False
+        truncated = len(r) > room
+        r = r[:room]
+        return Example(record_id, KINDS.index(kind), p + r, [IGNORE] * len(p) + r, truncated), truncated
+
+
+def encode_records(df: pl.DataFrame, tokenizer, max_length: int) -> Encoded:
+    encoder = Encoder(tokenizer, max_length)
+    per_kind = {k: int((df["kind"] == k).sum()) for k in KINDS}
+    out = Encoded([], per_kind)
+    for row in df.iter_rows(named=True):
+        example, truncated = encoder.encode(row["record_id"], row["kind"], row["prompt"], row["response"])
+        if example is None:
+            out.skipped.append(row["record_id"])
+            continue
+        if truncated:
+            out.truncated.append(row["record_id"])
+        out.examples.append(example)
+    if not out.examples:
+        raise RecordsError(f"all {df.height} records were skipped: every prompt alone fills max_length "
+                           f"{max_length}; raise max_length")
+    return out
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right padding; attention mask 0 and label -100 on padding; `kind` per row (see KINDS)."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    kind = torch.tensor([e.kind for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind": kind}
+
+
+def plan_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                 group_by_length: bool = True) -> list[list[int]]:
+    """One epoch's batches of example indices, a pure function of its arguments.
+
+    Plain: a seeded shuffle cut into batches. Grouped by length: the shuffle is cut into
+    mega-batches of MEGA_BATCH * batch_size, each sorted by length (longest first) and cut into
+    batches, and the batches' order is shuffled, so a batch holds examples of similar length and
+    pads little, while the epoch stays random."""
+    rng = random.Random(f"mapd-train:{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = MEGA_BATCH * batch_size
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """The share of token slots in these batches that are padding."""
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / slots if slots else 0.0
