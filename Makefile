@@ -16,14 +16,14 @@ RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(N
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(TEACHERS),--teachers $(TEACHERS))
 READY = $(VENV)/.installed $(MODEL_DIR)/config.json
 
-.PHONY: distill exam teach review dataset model test bench install clean-runs
+.PHONY: distill exam teach review dataset train eval model test bench install clean-runs
 
 # Every stage in one process, each model loaded once.
 distill: $(READY)
 	$(MAPD) distill $(RUN_ARGS)
 
 # One stage at a time (all its shards; SLURM array tasks add --shard i).
-exam teach review dataset: $(READY)
+exam teach review dataset train eval: $(READY)
 	$(MAPD) $@ $(RUN_ARGS)
 
 # The CPU environment: torch 2.13.0+cpu first (pip takes it from this machine's disk), then

@@ -30,10 +30,9 @@ def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
     )
 
 
-def _policy_overrides(threshold, min_reviews, answer_check, review_feedback) -> tuple:
-    given = {"threshold": threshold, "min_reviews": min_reviews, "answer_check": answer_check,
-             "review_feedback": review_feedback}
-    return tuple((k, v) for k, v in given.items() if v is not None)
+def _given(**options) -> tuple:
+    """The options the user set, as (field, value) pairs over a preset."""
+    return tuple((k, v) for k, v in options.items() if v is not None)
 
 
 def run_options(f):
@@ -64,10 +63,19 @@ def run_options(f):
     @click.option("--selection", type=click.Choice(["paper", "all"]), default="paper", show_default=True,
                   help="paper: one accepted rationale and one feedback per question; all: every accepted one")
     @click.option("--no-feedback", is_flag=True, help="the no-feedback ablation: rationales only")
+    @click.option("--train-preset", type=click.Choice(["qlora", "paper"]), default="qlora", show_default=True)
+    @click.option("--alpha", type=float, default=None, help="weight of the feedback loss [preset: 0.5]")
+    @click.option("--epochs", type=int, default=None)
+    @click.option("--learning-rate", type=float, default=None)
+    @click.option("--batch-size", type=int, default=None)
+    @click.option("--max-length", type=int, default=None)
+    @click.option("--lora-r", type=int, default=None)
+    @click.option("--max-steps", type=int, default=None, help="stop training after this many steps")
     @click.option("-v", "--verbose", is_flag=True)
     @functools.wraps(f)
     def wrapper(task, run_dir, student, teachers, engine, data, limit, seed, num_shards, shard, policy,
-                threshold, min_reviews, answer_check, review_feedback, selection, no_feedback, verbose, **kwargs):
+                threshold, min_reviews, answer_check, review_feedback, selection, no_feedback, train_preset,
+                alpha, epochs, learning_rate, batch_size, max_length, lora_r, max_steps, verbose, **kwargs):
         run_dir = run_dir or Path("runs") / task / "default"
         if shard is not None and shard >= num_shards:
             raise click.BadParameter(f"shard {shard} is outside 0..{num_shards - 1}", param_hint="--shard")
@@ -76,9 +84,13 @@ def run_options(f):
         cfg = RunConfig(task=task, run_dir=run_dir, student=student, engine=engine, data=data, limit=limit,
                         seed=seed, num_shards=num_shards,
                         teachers=tuple(t.strip() for t in teachers.split(",") if t.strip()),
-                        policy=policy, policy_overrides=_policy_overrides(threshold, min_reviews, answer_check,
-                                                                          review_feedback),
-                        selection=selection, feedback=not no_feedback)
+                        policy=policy, policy_overrides=_given(threshold=threshold, min_reviews=min_reviews,
+                                                               answer_check=answer_check,
+                                                               review_feedback=review_feedback),
+                        selection=selection, feedback=not no_feedback, train_preset=train_preset,
+                        train_overrides=_given(alpha=alpha, epochs=epochs, learning_rate=learning_rate,
+                                               batch_size=batch_size, max_length=max_length, lora_r=lora_r,
+                                               max_steps=max_steps))
         try:
             from .pipeline import Pipeline
             pipeline = Pipeline(cfg)
@@ -171,8 +183,32 @@ def dataset(pipeline, shards):
 
 @main.command()
 @run_options
+def train(pipeline, shards):
+    """TRAIN: QLoRA on the instruction records, loss = alpha * L_feedback + (1 - alpha) * L_rationale."""
+    click.echo(f"adapter: {pipeline.train.run()}")
+
+
+@main.command("eval")
+@run_options
+@click.option("--variant", type=click.Choice(["base", "distilled", "both"]), default="both", show_default=True)
+def eval_(pipeline, shards, variant):
+    """EVAL: the student, base and distilled, on the test split; then the results table."""
+    from .evaluate import format_results
+
+    stages = [pipeline.eval_base] if variant in ("base", "both") else []
+    if variant in ("distilled", "both"):
+        stages.append(pipeline.eval_distilled())
+    for stage in stages:
+        _report(stage.run(shards))
+    if variant == "both" and not any(stage.pending() for stage in stages):
+        click.echo(format_results(pipeline.results()))
+
+
+@main.command()
+@run_options
 def distill(pipeline, shards):
-    """Every stage in order on this machine, loading each model once."""
+    """Every stage in order on this machine: exam, teach, review, dataset, train, eval."""
+    from .evaluate import format_results
     from .stats import format_stats
 
     if shards is not None:
@@ -182,3 +218,5 @@ def distill(pipeline, shards):
     _exam_summary(pipeline)
     click.echo(format_stats(pipeline.dataset.run()))
     click.echo(f"instruction records: {pipeline.dataset.records_path}")
+    click.echo(f"adapter: {pipeline.train.adapter}")
+    click.echo(format_results(pipeline.results()))

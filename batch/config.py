@@ -30,12 +30,15 @@ class RunConfig:
     policy_overrides: tuple[tuple[str, object], ...] = ()   # (field, value) pairs over the preset
     selection: str = "paper"            # paper: one rationale + one feedback per question; all
     feedback: bool = True               # False: the no-feedback ablation
+    train_preset: str = "qlora"         # training.PRESETS: qlora | paper
+    train_overrides: tuple[tuple[str, object], ...] = ()    # (field, value) pairs over the preset
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["run_dir"] = str(self.run_dir)
         d["teachers"] = list(self.teachers)
         d["policy_overrides"] = dict(self.policy_overrides)
+        d["train_overrides"] = dict(self.train_overrides)
         return d
 
     def save(self) -> Path:

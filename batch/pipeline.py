@@ -9,7 +9,9 @@ from local_teachers.engine import EnginePool
 from .committee import policy_from
 from .config import RunConfig
 from .dataset import Dataset
+from .evaluate import Eval, results_table
 from .exam import Exam
+from .finetune import Train
 from .review import Review
 from .teach import Teach
 
@@ -27,19 +29,37 @@ class Pipeline:
         # One teacher: the paper's single-teacher ablation, without peer review.
         self.reviews = [Review(t, self.teaches, review_feedback) for t in self.teaches] if len(self.teaches) > 1 else []
         self.dataset = Dataset(self.teaches, self.reviews)
+        self.train = Train(self.dataset)
+        self.eval_base = Eval(cfg, "base")
+
+    def eval_distilled(self) -> Eval:
+        """Built once the adapter exists: its checksum is part of the stage's identity."""
+        if not (self.train.adapter / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"no adapter at {self.train.adapter}; run the train stage first")
+        return Eval(self.cfg, "distilled", self.train.adapter)
 
     def model_stages(self):
         return [self.exam, *self.teaches, *self.reviews]
 
-    def run_local(self, pool: EnginePool | None = None) -> list[dict]:
-        """Every model stage, every shard, in order; returns the figures of each. A pool passed
-        in stays open for the caller."""
+    def run_local(self, pool: EnginePool | None = None, through: str = "eval") -> list[dict]:
+        """Every stage, every shard, in order, up to and including ``through`` (dataset, train
+        or eval); returns the figures of each model stage. A pool passed in stays open for the
+        caller, except that its engine is closed before training, which needs the memory."""
         own = pool is None
         pool = pool or EnginePool()
         try:
             figures = [stage.run(pool=pool) for stage in self.model_stages()]
+            self.dataset.run()
+            if through in ("train", "eval"):
+                pool.close()           # training needs the memory the engine holds
+                self.train.run()
+            if through == "eval":
+                figures += [stage.run(pool=pool) for stage in (self.eval_base, self.eval_distilled())]
         finally:
             if own:
                 pool.close()
         log.info("models loaded in this run: %d", pool.loads)
         return figures
+
+    def results(self) -> dict:
+        return results_table(self.eval_base, self.eval_distilled())

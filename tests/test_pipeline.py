@@ -81,7 +81,7 @@ def _run(cfg):
     pipeline = Pipeline(cfg)
     gold_of = {q.text: q.gold for q in pipeline.exam.questions}
     pool = ScriptedPool(_committee_scripts(gold_of))
-    figures = pipeline.run_local(pool)
+    figures = pipeline.run_local(pool, through="dataset")
     stats = pipeline.dataset.run()
     return pipeline, pool, figures, stats
 
@@ -180,7 +180,7 @@ def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
                     teachers=tuple(paths))
     pool = EnginePool()
     pipeline = Pipeline(cfg)
-    pipeline.run_local(pool)
+    pipeline.run_local(pool, through="dataset")
     assert pool.loads == 1
     pipeline.dataset.run()
     records = pl.read_parquet(pipeline.dataset.records_path)
@@ -196,7 +196,7 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
     pool.engine = vllm_engine          # the session's engine: same weights as every member
     pipeline = Pipeline(cfg)
     assert pipeline.exam.spec.sampling.temperature == 0.3
-    figures = pipeline.run_local(pool)
+    figures = pipeline.run_local(pool, through="dataset")
     assert pool.loads == 0 and all(f["shards_run"] == 2 for f in figures)
     exam = pipeline.exam.results()
     assert exam.height == 4 and set(exam["verdict"]) <= {"correct", "wrong", "unparseable"}
@@ -218,3 +218,38 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
     accepted = decisions.filter(pl.col("accepted") & (pl.col("kind") == "rationale"))
     assert records.filter(pl.col("kind") == "rationale").height == accepted["question_id"].n_unique()
     assert sum(stats["questions_by_accepted_rationales"].values()) == mistakes
+
+
+def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_records(tmp_path, tiny_spec_file):
+    """`mapd distill` through train and eval on the tiny model (real 4-bit QLoRA, real peft)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    teacher = tmp_path / "tiny-teacher.yaml"
+    teacher.write_text(tiny_spec_file.read_text().replace("name: tiny-llama", "name: tiny-teacher"))
+    run = tmp_path / "run"
+    args = [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4",
+            "--run-dir", str(run), "--student", str(tiny_spec_file), "--teachers", str(teacher),
+            "--no-answer-check", "--epochs", "1", "--batch-size", "2", "--lora-r", "8"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "| svamp | tiny-llama |" in first.stdout and "records: 4 rationale, 4 feedback" in first.stdout
+    result = json.loads((run / "eval" / "results.json").read_text())
+    assert result["test_size"] == 4 and result["adapter"] == str(run / "train" / "adapter")
+    card = json.loads((run / "train" / "adapter" / "card.json").read_text())
+    assert card["counts"]["per_kind"] == {"feedback": 4, "rationale": 4}
+    assert card["dataset"]["sha256"] and card["config"]["lora_r"] == 8
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "not written yet" not in again.stderr and "already holds" in again.stderr
+
+    # Without feedback the teachers' work, the records and so the adapter and its eval change.
+    third = subprocess.run(args + ["--no-feedback"], capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr
+    assert "trained on other records: starting again" in third.stderr
+    assert "eval base shard 0/1: done, skipped" in third.stderr
+    assert "eval distilled shard 0/1: written by another configuration (adapter_sha256" in third.stderr
+    assert "records: 4 rationale, 0 feedback" in third.stdout

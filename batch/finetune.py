@@ -1,0 +1,67 @@
+"""TRAIN as a stage of a run: QLoRA on the dataset's records (training/ does the work), the
+adapter in <run>/train/adapter. training.train resumes from its last checkpoint and returns
+at once when the adapter of this exact config and records already exists."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from local_teachers.registry import load_spec, require_local
+
+from .dataset import Dataset
+from .shards import StaleShardError
+
+log = logging.getLogger(__name__)
+
+
+class Train:
+    name = "train"
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.cfg = dataset.cfg
+        self.spec = load_spec(self.cfg.student)
+        self.dir = Path(self.cfg.run_dir) / self.name
+        self.adapter = self.dir / "adapter"
+
+    def config(self):
+        from training import preset
+
+        return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
+                      out_dir=str(self.dir), **{"seed": self.cfg.seed, **dict(self.cfg.train_overrides)})
+
+    def run(self) -> Path:
+        from training import train
+
+        reason = self.dataset.pending()
+        if reason:
+            raise StaleShardError(f"{self.dataset.records_path}: {reason}; run the dataset stage first")
+        require_local(self.spec)
+        cfg = self.config()
+        self._clear_if_stale(cfg)
+        return train(cfg)
+
+    def _clear_if_stale(self, cfg) -> None:
+        """training refuses to mix runs in one folder; here, as for every stage, new records or
+        settings mean the old adapter and checkpoints are outdated: remove them, saying why."""
+        from training import checkpoint
+        from training.data import file_sha256
+
+        sha = file_sha256(cfg.records)
+        identity = json.loads(json.dumps(cfg.identity()))
+        card = self.adapter / "card.json"
+        last = checkpoint.latest(self.dir / "checkpoints")
+        if card.is_file():
+            old = json.loads(card.read_text())
+            old_identity, old_sha = old.get("config_identity"), old["dataset"]["sha256"]
+        elif last is not None:
+            state = checkpoint.read_state(last)
+            old_identity, old_sha = state["identity"], state["records_sha256"]
+        else:
+            return
+        if old_identity != identity or old_sha != sha:
+            log.info("train: %s was trained on other %s: starting again", self.dir,
+                     "records" if old_sha != sha else "settings")
+            shutil.rmtree(self.dir)
