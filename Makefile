@@ -15,12 +15,28 @@ MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
 RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(TEACHERS),--teachers $(TEACHERS))
 READY = $(VENV)/.installed $(MODEL_DIR)/config.json
+# EXECUTOR=slurm submits the pipeline as array jobs instead of running it here.
+EXECUTOR ?= local
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+SLURM_ARGS ?=
+SUBMIT_ARGS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) \
+	$(if $(QOS),--qos $(QOS)) $(SLURM_ARGS)
 
-.PHONY: distill exam teach review dataset train eval model test bench install clean-runs
+.PHONY: distill status exam teach review dataset train eval model test bench install clean-runs
 
-# Every stage in one process, each model loaded once.
+# Every stage in one process, each model loaded once; or, with EXECUTOR=slurm, submitted.
 distill: $(READY)
+ifeq ($(EXECUTOR),slurm)
+	$(MAPD) submit $(RUN_ARGS) $(SUBMIT_ARGS)
+else
 	$(MAPD) distill $(RUN_ARGS)
+endif
+
+# Per stage: shards done / total, SLURM jobs pending / running / failed with their logs.
+status: $(VENV)/.installed
+	$(MAPD) status --run-dir $(RUN_DIR)
 
 # One stage at a time (all its shards; SLURM array tasks add --shard i).
 exam teach review dataset train eval: $(READY)

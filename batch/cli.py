@@ -60,6 +60,8 @@ def run_options(f):
     @click.option("--answer-check/--no-answer-check", default=None,
                   help="require a rationale's own final answer to equal gold")
     @click.option("--review-feedback/--no-review-feedback", default=None, help="peer-review the feedback too")
+    @click.option("--invalid-as", type=int, default=None,
+                  help="count a review without a usable score as this score [default: drop it]")
     @click.option("--selection", type=click.Choice(["paper", "all"]), default="paper", show_default=True,
                   help="paper: one accepted rationale and one feedback per question; all: every accepted one")
     @click.option("--no-feedback", is_flag=True, help="the no-feedback ablation: rationales only")
@@ -74,7 +76,7 @@ def run_options(f):
     @click.option("-v", "--verbose", is_flag=True)
     @functools.wraps(f)
     def wrapper(task, run_dir, student, teachers, engine, data, limit, seed, num_shards, shard, policy,
-                threshold, min_reviews, answer_check, review_feedback, selection, no_feedback, train_preset,
+                threshold, min_reviews, answer_check, review_feedback, invalid_as, selection, no_feedback, train_preset,
                 alpha, epochs, learning_rate, batch_size, max_length, lora_r, max_steps, verbose, **kwargs):
         run_dir = run_dir or Path("runs") / task / "default"
         if shard is not None and shard >= num_shards:
@@ -86,7 +88,8 @@ def run_options(f):
                         teachers=tuple(t.strip() for t in teachers.split(",") if t.strip()),
                         policy=policy, policy_overrides=_given(threshold=threshold, min_reviews=min_reviews,
                                                                answer_check=answer_check,
-                                                               review_feedback=review_feedback),
+                                                               review_feedback=review_feedback,
+                                                               invalid_as=invalid_as),
                         selection=selection, feedback=not no_feedback, train_preset=train_preset,
                         train_overrides=_given(alpha=alpha, epochs=epochs, learning_rate=learning_rate,
                                                batch_size=batch_size, max_length=max_length, lora_r=lora_r,
@@ -192,7 +195,8 @@ def train(pipeline, shards):
 @run_options
 @click.option("--variant", type=click.Choice(["base", "distilled", "both"]), default="both", show_default=True)
 def eval_(pipeline, shards, variant):
-    """EVAL: the student, base and distilled, on the test split; then the results table."""
+    """EVAL: the student, base and distilled, on the test split; then the results table, written
+    by whichever call finds both complete (on SLURM, the last array task)."""
     from .evaluate import format_results
 
     stages = [pipeline.eval_base] if variant in ("base", "both") else []
@@ -200,7 +204,7 @@ def eval_(pipeline, shards, variant):
         stages.append(pipeline.eval_distilled())
     for stage in stages:
         _report(stage.run(shards))
-    if variant == "both" and not any(stage.pending() for stage in stages):
+    if pipeline.train.adapter.is_dir() and not pipeline.eval_base.pending() and not pipeline.eval_distilled().pending():
         click.echo(format_results(pipeline.results()))
 
 
@@ -220,3 +224,9 @@ def distill(pipeline, shards):
     click.echo(f"instruction records: {pipeline.dataset.records_path}")
     click.echo(f"adapter: {pipeline.train.adapter}")
     click.echo(format_results(pipeline.results()))
+
+
+# The SLURM executor's commands (submit, status) live beside the sbatch templates in slurm/.
+from slurm.cli import register  # noqa: E402
+
+register(main)

@@ -32,6 +32,15 @@ class Train:
         return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
                       out_dir=str(self.dir), **{"seed": self.cfg.seed, **dict(self.cfg.train_overrides)})
 
+    def pending(self) -> str | None:
+        """None when the adapter of these records and settings exists, else the reason."""
+        if self.dataset.pending():
+            return "its records are not written yet"
+        trained = self._trained_with(self.config())
+        if trained is None:
+            return "not trained yet"
+        return trained if isinstance(trained, str) else None
+
     def run(self) -> Path:
         from training import train
 
@@ -40,17 +49,20 @@ class Train:
             raise StaleShardError(f"{self.dataset.records_path}: {reason}; run the dataset stage first")
         require_local(self.spec)
         cfg = self.config()
-        self._clear_if_stale(cfg)
+        stale = self._trained_with(cfg)
+        if isinstance(stale, str):
+            # training refuses to mix runs in one folder; here, as for every stage, new records
+            # or settings make the old adapter and checkpoints outdated.
+            log.info("train: %s was %s: starting again", self.dir, stale)
+            shutil.rmtree(self.dir)
         return train(cfg)
 
-    def _clear_if_stale(self, cfg) -> None:
-        """training refuses to mix runs in one folder; here, as for every stage, new records or
-        settings mean the old adapter and checkpoints are outdated: remove them, saying why."""
+    def _trained_with(self, cfg) -> bool | str | None:
+        """What the folder holds: None (nothing), True (an adapter or checkpoint of ``cfg``
+        and its records) or the reason it is outdated."""
         from training import checkpoint
         from training.data import file_sha256
 
-        sha = file_sha256(cfg.records)
-        identity = json.loads(json.dumps(cfg.identity()))
         card = self.adapter / "card.json"
         last = checkpoint.latest(self.dir / "checkpoints")
         if card.is_file():
@@ -60,8 +72,9 @@ class Train:
             state = checkpoint.read_state(last)
             old_identity, old_sha = state["identity"], state["records_sha256"]
         else:
-            return
-        if old_identity != identity or old_sha != sha:
-            log.info("train: %s was trained on other %s: starting again", self.dir,
-                     "records" if old_sha != sha else "settings")
-            shutil.rmtree(self.dir)
+            return None
+        if old_sha != file_sha256(cfg.records):
+            return "trained on other records"
+        if old_identity != json.loads(json.dumps(cfg.identity())):
+            return "trained with other settings"
+        return True

@@ -42,12 +42,14 @@ class ModelSpec:
     trust_remote_code: bool = False
     sampling: Sampling = Sampling()
     vllm: dict = field(default_factory=dict)   # extra vllm.LLM(...) arguments
+    slurm: dict = field(default_factory=dict)  # sbatch resources (cpus, mem, time, partition, extra); see slurm/README.md
     source: str = ""                    # the YAML file this came from
 
     def identity(self) -> str:
         """Hash of everything that changes what the model generates (not where its YAML lives)."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        d.pop("slurm", None)            # where a model runs does not change what it generates
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_engine(self, engine: str | None) -> "ModelSpec":

@@ -1,0 +1,261 @@
+"""A real one-node SLURM cluster on localhost, for the integration tests (tests/test_slurm.py).
+
+Debian's slurmctld + slurmd (Slurm 22.05) and munge, started without systemd:
+- munged runs as the munge user on its default socket (reused when one already answers);
+- slurmctld and slurmd run in the foreground as root (SlurmUser=root), with their
+  configuration, state, spool, pid and log files in a temporary folder; clients find the
+  cluster through the SLURM_CONF environment variable (see ``LocalCluster.env``);
+- no cgroups (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none);
+- fake GPUs: gres.conf points at character devices made with mknod, so jobs that ask for
+  ``--gres=gpu:N`` get CUDA_VISIBLE_DEVICES set by SLURM as on a real GPU node;
+- DependencyParameters=kill_invalid_depend, so the dependents of a failed job are CANCELLED
+  (not pending forever); MinJobAge=86400 keeps every finished job's record (0 is refused by 22.05), since without
+  slurmdbd ``scontrol show job`` is the only place to read how a job ended.
+
+Every daemon this module starts is stopped by its own process id.
+
+Run by hand: ``python tests/slurm_cluster.py /tmp/cluster`` starts one and prints the
+SLURM_CONF to export; Ctrl-C or SIGTERM stops it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+DAEMONS = ("slurmctld", "slurmd", "munged")
+CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+MUNGE_RUN = Path("/run/munge")
+
+
+def _sbin(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+
+
+def missing_binaries() -> list[str]:
+    """The SLURM/munge programs this machine lacks (empty when a cluster can start)."""
+    return [name for name in (*DAEMONS, *CLIENTS, "munge") if _sbin(name) is None]
+
+
+def why_cannot_start() -> str | None:
+    missing = missing_binaries()
+    if missing:
+        return ("SLURM is not installed (missing: " + ", ".join(missing) + "); install it with "
+                "`apt-get install --no-install-recommends slurmctld slurmd slurm-client munge`, as .ci/run does")
+    if os.geteuid() != 0:
+        return "starting a local SLURM cluster needs root (daemons run as root, munged as the munge user)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """``with LocalCluster(folder) as cluster:`` starts the daemons and waits for the node."""
+
+    def __init__(self, root: Path, cpus: int = 2, gpus: int = 2, mem_mb: int = 8000, node: str = "localhost"):
+        self.root = Path(root)
+        self.cpus, self.gpus, self.mem_mb, self.node = cpus, gpus, mem_mb, node
+        self.conf = self.root / "etc" / "slurm.conf"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.partition = "debug"
+        self.no_gpus_because = "" if gpus else "the cluster was started without GPUs"
+
+    # -- configuration -------------------------------------------------------------------
+    def write_config(self) -> None:
+        etc, state, spool, log, dev = (self.root / d for d in ("etc", "state", "spool", "log", "dev"))
+        for d in (etc, state, spool, log, dev):
+            d.mkdir(parents=True, exist_ok=True)
+        devices = []
+        for i in range(self.gpus):
+            path = dev / f"nvidia{i}"
+            try:
+                if not path.exists():
+                    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))   # a character device, like /dev/null
+            except OSError as e:     # no CAP_MKNOD here: a cluster without GPUs
+                self.no_gpus_because = f"cannot make fake GPU devices with mknod: {e}"
+                self.gpus, devices = 0, []
+                break
+            devices.append(str(path))
+        gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
+        ctld_port = _free_port()
+        slurmd_port = _free_port()
+        while slurmd_port == ctld_port:
+            slurmd_port = _free_port()
+        lines = {
+            "ClusterName": "mapdtest",
+            "SlurmctldHost": self.node,
+            "SlurmctldPort": ctld_port,
+            "SlurmdPort": slurmd_port,
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "CredType": "cred/munge",
+            "StateSaveLocation": state,
+            "SlurmdSpoolDir": spool,
+            "SlurmctldPidFile": self.root / "slurmctld.pid",
+            "SlurmdPidFile": self.root / "slurmd.pid",
+            "SlurmctldLogFile": log / "slurmctld.log",
+            "SlurmdLogFile": log / "slurmd.log",
+            "SlurmctldDebug": "info",
+            "SlurmdDebug": "info",
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "AccountingStorageType": "accounting_storage/none",
+            "JobCompType": "jobcomp/none",
+            "MpiDefault": "none",
+            "SchedulerType": "sched/backfill",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_Core_Memory",
+            # Without a default memory per CPU a job takes the whole node's memory, and array
+            # tasks run one at a time.
+            "DefMemPerCPU": self.mem_mb // (2 * self.cpus),
+            "GresTypes": "gpu",
+            "DependencyParameters": "kill_invalid_depend",
+            "MinJobAge": 86400,
+            "JobRequeue": 1,
+            "ReturnToService": 2,
+            "SlurmdParameters": "config_overrides",
+            "SlurmctldTimeout": 30,
+            "SlurmdTimeout": 30,
+            "KillWait": 5,
+            "InactiveLimit": 0,
+        }
+        text = "".join(f"{k}={v}\n" for k, v in lines.items())
+        text += (f"NodeName={self.node} CPUs={self.cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={self.cpus} "
+                 f"ThreadsPerCore=1 RealMemory={self.mem_mb}{gres} State=UNKNOWN\n"
+                 f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n")
+        self.conf.write_text(text)
+        gres_conf = "".join(f"NodeName={self.node} Name=gpu File={d}\n" for d in devices)
+        (etc / "gres.conf").write_text(gres_conf)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for SLURM clients (and jobs) of this cluster."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # -- daemons -------------------------------------------------------------------------
+    def _munge_works(self) -> bool:
+        munge, unmunge = _sbin("munge"), _sbin("unmunge")
+        try:
+            cred = subprocess.run([munge, "-n"], capture_output=True, timeout=5, check=True).stdout
+            subprocess.run([unmunge], input=cred, capture_output=True, timeout=5, check=True)
+            return True
+        except (subprocess.SubprocessError, OSError):
+            return False
+
+    def _start_munge(self) -> None:
+        if self._munge_works():
+            return
+        import grp
+        import pwd
+
+        uid, gid = pwd.getpwnam("munge").pw_uid, grp.getgrnam("munge").gr_gid
+        MUNGE_RUN.mkdir(parents=True, exist_ok=True)
+        os.chown(MUNGE_RUN, uid, gid)
+        MUNGE_RUN.chmod(0o755)
+        if not MUNGE_KEY.is_file():
+            MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([_sbin("mungekey"), "--create", f"--keyfile={MUNGE_KEY}"], check=True)
+        os.chown(MUNGE_KEY, uid, gid)
+        MUNGE_KEY.chmod(0o400)
+        with open(self.root / "log" / "munged.out", "ab") as log:
+            self.procs["munged"] = subprocess.Popen(
+                [_sbin("munged"), "--foreground", "--force", f"--log-file={self.root / 'log' / 'munged.log'}"],
+                user=uid, group=gid, extra_groups=[], stdout=log, stderr=subprocess.STDOUT)
+        self._wait(self._munge_works, "munged to answer", 15)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        with open(self.root / "log" / f"{name}.out", "ab") as log:
+            self.procs[name] = subprocess.Popen([_sbin(name), *args], env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT)
+
+    def _wait(self, ready, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode} while waiting for {what}; "
+                                       f"see {self.root / 'log'}")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; see {self.root / 'log'}")
+
+    def node_state(self) -> str:
+        out = subprocess.run(["scontrol", "-o", "show", "node", self.node], env=self.env,
+                             capture_output=True, text=True).stdout
+        for item in out.split():
+            if item.startswith("State="):
+                return item[len("State="):]
+        return ""
+
+    def start(self) -> "LocalCluster":
+        why = why_cannot_start()
+        if why:
+            raise RuntimeError(why)
+        self.write_config()
+        self._start_munge()
+        self._spawn("slurmctld", ["-D", "-c", "-f", str(self.conf)])
+        self._spawn("slurmd", ["-D", "-N", self.node, "-f", str(self.conf)])
+        self._wait(lambda: self.node_state().startswith("IDLE"), "the node to be IDLE", 60)
+        return self
+
+    def jobs(self) -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True).stdout
+        return out.split()
+
+    def stop(self) -> None:
+        """Cancel what is still queued, then stop the daemons this object started, by pid."""
+        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
+            ids = self.jobs()
+            if ids:
+                subprocess.run(["scancel", *ids], env=self.env, capture_output=True)
+                time.sleep(1)
+        for name in ("slurmd", "slurmctld", "munged"):
+            p = self.procs.pop(name, None)
+            if p is None:
+                continue
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    def __enter__(self) -> "LocalCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # stop cleanly on kill PID too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/mapd-slurm-cluster")
+    with LocalCluster(root) as cluster:
+        print(f"export SLURM_CONF={cluster.conf}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
