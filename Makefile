@@ -5,6 +5,7 @@ LIMIT ?= 16
 ENGINE ?=
 NUM_SHARDS ?= 1
 TEACHERS ?=
+STUDENT ?=
 POLICY ?= default
 RUN_DIR ?= runs/$(TASK)/default
 PYTHON ?= python3
@@ -12,8 +13,10 @@ VENV := .venv
 MAPD := $(VENV)/bin/mapd
 export MAPD_CACHE ?= $(HOME)/.cache/mapd
 MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
-RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --limit $(LIMIT) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
-	$(if $(ENGINE),--engine $(ENGINE)) $(if $(TEACHERS),--teachers $(TEACHERS))
+# LIMIT= (empty) uses every question.
+RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
+	$(if $(LIMIT),--limit $(LIMIT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT)) \
+	$(if $(TEACHERS),--teachers $(TEACHERS))
 READY = $(VENV)/.installed $(MODEL_DIR)/config.json
 # EXECUTOR=slurm submits the pipeline as array jobs instead of running it here.
 EXECUTOR ?= local
