@@ -6,7 +6,10 @@ ENGINE ?=
 NUM_SHARDS ?= 1
 TEACHERS ?=
 STUDENT ?=
-POLICY ?= default
+# The embedded demo committee (SmolLM2-135M three ways) almost never reaches the gold answer,
+# so the default policy's answer check would keep nothing to train on: the demo uses the
+# paper's rule (mean review score > 3). With real teachers the default policy applies.
+POLICY ?= $(if $(TEACHERS),default,paper)
 RUN_DIR ?= runs/$(TASK)/default
 PYTHON ?= python3
 VENV := .venv
