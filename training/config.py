@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 SCHEDULES = ("constant", "cosine")
@@ -56,9 +54,6 @@ class TrainConfig:
         for key in ("out_dir", "save_steps"):
             d.pop(key)
         return d
-
-    def identity_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Overrides of TrainConfig's defaults, by name; `TrainConfig(**{**PRESETS[name], base_model=...})`.
