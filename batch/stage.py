@@ -12,9 +12,17 @@ from local_teachers.engine import EnginePool
 from local_teachers.registry import ModelSpec
 
 from .config import RunConfig
-from .shards import StaleShardError, fingerprint, read_stage, shard_path, why_not_done, write_shard
+from .shards import StaleShardError, fingerprint, read_manifest, read_stage, shard_path, why_not_done, write_shard
 
 log = logging.getLogger(__name__)
+
+# Engine counters recorded per shard in its manifest (engine.Usage's fields, as stage figures).
+FIGURES = {"generations": "requests", "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
+           "skipped_too_long": "skipped_too_long", "engine_seconds": "seconds"}
+
+
+def _usage(engine) -> dict:
+    return {k: getattr(engine.usage, field) if engine else 0 for k, field in FIGURES.items()}
 
 
 class Stage:
@@ -58,23 +66,28 @@ class Stage:
             log.info("%s shard %d/%d: %s", self.label, i, self.cfg.num_shards, todo.get(i, "done, skipped"))
         pool = pool or EnginePool()
         engine = pool.get(self.spec) if todo else None
-        before = (engine.usage.requests, engine.usage.completion_tokens, engine.usage.seconds) if engine else (0, 0, 0.0)
         t0 = time.perf_counter()
         identity = self.identity()
+        total = dict.fromkeys(FIGURES, 0)
         for i in todo:
+            before, t_shard = _usage(engine), time.perf_counter()
             rows = self.rows(i, engine)
+            figures = {k: v - before[k] for k, v in _usage(engine).items()}
+            # Time of the shard that is not the engine's, e.g. rendering, grading, writing.
             write_shard(pl.DataFrame(rows, schema=self.schema), self.path(i), identity,
-                        stage=self.name, shard=i, num_shards=self.cfg.num_shards, model=self.spec.name)
+                        stage=self.name, shard=i, num_shards=self.cfg.num_shards, model=self.spec.name,
+                        figures={**figures, "wall_seconds": time.perf_counter() - t_shard})
+            total = {k: total[k] + figures[k] for k in FIGURES}
             log.info("%s shard %d/%d: %d rows written to %s", self.label, i, self.cfg.num_shards, len(rows), self.path(i))
-        after = (engine.usage.requests, engine.usage.completion_tokens, engine.usage.seconds) if engine else before
-        return {
-            "stage": self.label,
-            "shards_run": len(todo),
-            "generations": after[0] - before[0],
-            "completion_tokens": after[1] - before[1],
-            "engine_seconds": after[2] - before[2],
-            "wall_seconds": time.perf_counter() - t0,
-        }
+        return {"stage": self.label, "shards_run": len(todo), **total, "wall_seconds": time.perf_counter() - t0}
+
+    def figures(self) -> dict:
+        """The work recorded in the manifests of all shards written so far, whichever job ran them."""
+        total = dict.fromkeys((*FIGURES, "wall_seconds"), 0)
+        for i in range(self.cfg.num_shards):
+            recorded = (read_manifest(self.path(i)) or {}).get("figures", {})
+            total = {k: total[k] + recorded.get(k, 0) for k in total}
+        return {"stage": self.label, **total}
 
     def shard_frame(self, shard: int) -> pl.DataFrame:
         """One finished shard, for the stage downstream; refuses a missing or stale one."""

@@ -198,6 +198,12 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
     assert pipeline.exam.spec.sampling.temperature == 0.3
     figures = pipeline.run_local(pool, through="dataset")
     assert pool.loads == 0 and all(f["shards_run"] == 2 for f in figures)
+    # What each call did is also kept in the manifests, whichever job wrote the shards.
+    for stage, done in zip(pipeline.model_stages(), figures):
+        recorded = stage.figures()
+        assert recorded["generations"] == done["generations"] > 0
+        assert recorded["completion_tokens"] == done["completion_tokens"] > 0
+        assert 0 < recorded["engine_seconds"] <= recorded["wall_seconds"] <= done["wall_seconds"]
     exam = pipeline.exam.results()
     assert exam.height == 4 and set(exam["verdict"]) <= {"correct", "wrong", "unparseable"}
     assert (exam["completion_tokens"] > 0).all()
