@@ -319,6 +319,20 @@ def test_finished_run_is_returned_and_guarded(tiny_cfg, straight_run):
         train(replace(tiny_cfg, alpha=0.7))
 
 
+def test_training_continues_from_a_previous_adapter(tiny_cfg, straight_run, tmp_path):
+    """A later round starts from the last round's adapter: its first loss is the trained one,
+    not a fresh adapter's, and the starting weights' checksum is part of the identity."""
+    cfg = replace(tiny_cfg, out_dir=str(tmp_path / "next"), init_adapter=str(straight_run), max_steps=2)
+    adapter = train(cfg)
+    first = [json.loads(x) for x in (straight_run.parent / "train_log.jsonl").read_text().splitlines()]
+    then = [json.loads(x) for x in (adapter.parent / "train_log.jsonl").read_text().splitlines()]
+    assert len(then) == 2 and then[0]["loss"] < first[0]["loss"]
+    a, b = load_file(straight_run / "adapter_model.safetensors"), load_file(adapter / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    sha = hashlib.sha256((straight_run / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert cfg.identity()["init_adapter"] == sha
+
+
 # ---------------------------------------------------------------- the real student, 4-bit
 
 def test_real_smollm2_steps_in_4bit(smol_spec, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 SCHEDULES = ("constant", "cosine")
 
@@ -29,6 +30,7 @@ class TrainConfig:
     seed: int = 731
     save_steps: int | None = None
     max_steps: int | None = None  # stop early (tests, smoke runs); also the schedule's horizon
+    init_adapter: str | None = None  # continue training this peft LoRA folder (a previous round's)
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -53,6 +55,10 @@ class TrainConfig:
         d = self.to_dict()
         for key in ("out_dir", "save_steps"):
             d.pop(key)
+        if self.init_adapter:
+            # Its weights, not where it lies, decide what training starts from.
+            from .data import file_sha256
+            d["init_adapter"] = file_sha256(Path(self.init_adapter) / "adapter_model.safetensors")
         return d
 
 

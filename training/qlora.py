@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from .config import TrainConfig
@@ -38,7 +38,8 @@ def set_cpu_threads() -> int:
 
 
 def load_model(cfg: TrainConfig, device: torch.device):
-    """The base model with fresh LoRA adapters (their init drawn from torch's RNG, seeded by cfg.seed)."""
+    """The base model with fresh LoRA adapters (their init drawn from torch's RNG, seeded by
+    cfg.seed), or with ``cfg.init_adapter`` loaded trainable to continue from it."""
     dtype = compute_dtype(device)
     device_map = {"": device.index} if device.type == "cuda" else "cpu"
     path = str(Path(cfg.base_model).resolve())
@@ -53,6 +54,8 @@ def load_model(cfg: TrainConfig, device: torch.device):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if cfg.init_adapter:
+        return PeftModel.from_pretrained(model, str(Path(cfg.init_adapter).resolve()), is_trainable=True)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)
