@@ -11,6 +11,8 @@ STUDENT ?=
 # paper's rule (mean review score > 3). With real teachers the default policy applies.
 POLICY ?= $(if $(TEACHERS),default,paper)
 RUN_DIR ?= runs/$(TASK)/default
+# ROUNDS=n: the trained student retakes the exam and round r distills from its new mistakes.
+ROUNDS ?= 1
 PYTHON ?= python3
 VENV := .venv
 MAPD := $(VENV)/bin/mapd
@@ -35,9 +37,10 @@ SUBMIT_ARGS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--acco
 # Every stage in one process, each model loaded once; or, with EXECUTOR=slurm, submitted.
 distill: $(READY)
 ifeq ($(EXECUTOR),slurm)
+	$(if $(filter-out 1,$(ROUNDS)),$(error ROUNDS=$(ROUNDS): several rounds run with EXECUTOR=local only))
 	$(MAPD) submit $(RUN_ARGS) $(SUBMIT_ARGS)
 else
-	$(MAPD) distill $(RUN_ARGS)
+	$(MAPD) distill $(RUN_ARGS) --rounds $(ROUNDS)
 endif
 
 # Per stage: shards done / total, SLURM jobs pending / running / failed with their logs.

@@ -210,20 +210,30 @@ def eval_(pipeline, shards, variant):
 
 @main.command()
 @run_options
-def distill(pipeline, shards):
+@click.option("--rounds", "n_rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="distill again from the trained student's new mistakes, in <run>/round-2, ...")
+def distill(pipeline, shards, n_rounds):
     """Every stage in order on this machine: exam, teach, review, dataset, train, eval."""
+    from local_teachers.engine import EnginePool
+
     from .evaluate import format_results
+    from .pipeline import rounds
     from .stats import format_stats
 
     if shards is not None:
         raise click.BadParameter("distill runs every shard; use a stage command for one", param_hint="--shard")
-    for figures in pipeline.run_local():
-        _report(figures)
-    _exam_summary(pipeline)
-    click.echo(format_stats(pipeline.dataset.run()))
-    click.echo(f"instruction records: {pipeline.dataset.records_path}")
-    click.echo(f"adapter: {pipeline.train.adapter}")
-    click.echo(format_results(pipeline.results()))
+    results = []
+    with EnginePool() as pool:
+        for one in rounds(pipeline, n_rounds):
+            click.echo(f"round {one.round} of {n_rounds}: {one.cfg.run_dir}")
+            for figures in one.run_local(pool):
+                _report(figures)
+            _exam_summary(one)
+            click.echo(format_stats(one.dataset.run()))
+            click.echo(f"instruction records: {one.dataset.records_path}")
+            click.echo(f"adapter: {one.train.adapter}")
+            results.append(one.results())
+            click.echo(format_results(*results))
 
 
 # The SLURM executor's commands (submit, status) live beside the sbatch templates in slurm/.

@@ -32,6 +32,7 @@ class RunConfig:
     feedback: bool = True               # False: the no-feedback ablation
     train_preset: str = "qlora"         # training.PRESETS: qlora | paper
     train_overrides: tuple[tuple[str, object], ...] = ()    # (field, value) pairs over the preset
+    init_adapter: str | None = None     # a later round: the student's adapter from the round before
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

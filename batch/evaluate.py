@@ -9,11 +9,10 @@ from pathlib import Path
 from local_teachers.registry import load_spec
 
 from .config import RunConfig
-from .exam import StudentAnswers
-from .shards import atomic_write, file_sha256
+from .exam import StudentAnswers, with_lora
+from .shards import atomic_write
 
 VARIANTS = ("base", "distilled")
-MAX_LORA_RANK = 64   # the largest adapter rank the vLLM engine accepts; the training default is 64
 
 
 class Eval(StudentAnswers):
@@ -27,38 +26,38 @@ class Eval(StudentAnswers):
             raise ValueError("the distilled variant needs an adapter, and only it")
         spec = load_spec(cfg.student).with_engine(cfg.engine)
         # Greedy, so the numbers repeat; both variants share one engine, so LoRA is on for both.
-        spec = dataclasses.replace(
-            spec, sampling=dataclasses.replace(spec.sampling, temperature=0.0, top_p=1.0),
-            vllm={**spec.vllm, "enable_lora": True, "max_lora_rank": MAX_LORA_RANK})
+        spec = with_lora(dataclasses.replace(
+            spec, sampling=dataclasses.replace(spec.sampling, temperature=0.0, top_p=1.0)))
         super().__init__(cfg, spec, Path(cfg.run_dir) / "eval" / variant)
         self.variant = variant
         self.adapter = str(adapter) if adapter else None
         self.label = f"eval {variant}"
 
     def identity(self) -> dict:
-        adapter = None if self.adapter is None else file_sha256(Path(self.adapter) / "adapter_model.safetensors")
-        return {**super().identity(), "variant": self.variant, "adapter_sha256": adapter}
+        return {**super().identity(), "variant": self.variant}
 
 
-def results_table(base: Eval, distilled: Eval) -> dict:
-    """Accuracy before and after, written as results.json and results.md in the eval folder."""
+def results_table(base: Eval, distilled: Eval, round_: int = 1) -> dict:
+    """Accuracy before and after, written as results.json and results.md in the distilled
+    student's eval folder (a later round's base is round 1's)."""
     b, d = base.summary(), distilled.summary()
     result = {
-        "task": base.cfg.task, "student": base.spec.name, "test_size": b["questions"],
+        "task": base.cfg.task, "student": base.spec.name, "round": round_, "test_size": b["questions"],
         "base_accuracy": b["accuracy"], "distilled_accuracy": d["accuracy"],
         "base_unparseable": b["unparseable"], "distilled_unparseable": d["unparseable"],
         "adapter": distilled.adapter,
     }
-    folder = Path(base.cfg.run_dir) / "eval"
+    folder = Path(distilled.cfg.run_dir) / "eval"
     atomic_write(folder / "results.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     atomic_write(folder / "results.md", lambda f: f.write(format_results(result).encode()))
     return result
 
 
-def format_results(r: dict) -> str:
+def format_results(*results: dict) -> str:
+    """One line per round."""
     return (
-        "| task | student | base accuracy | distilled accuracy | unparseable (base / distilled) | test size |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| {r['task']} | {r['student']} | {r['base_accuracy']:.1%} | {r['distilled_accuracy']:.1%} | "
-        f"{r['base_unparseable']} / {r['distilled_unparseable']} | {r['test_size']} |\n"
-    )
+        "| task | student | round | base accuracy | distilled accuracy | unparseable (base / distilled) | test size |\n"
+        "|---|---|---|---|---|---|---|\n"
+    ) + "".join(
+        f"| {r['task']} | {r['student']} | {r['round']} | {r['base_accuracy']:.1%} | {r['distilled_accuracy']:.1%} | "
+        f"{r['base_unparseable']} / {r['distilled_unparseable']} | {r['test_size']} |\n" for r in results)

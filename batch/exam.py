@@ -3,6 +3,7 @@ so the next stage can pick the mistakes. ``StudentAnswers`` is what EXAM and EVA
 student answering a split, graded by the task's grader."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -14,8 +15,11 @@ from local_teachers.registry import ModelSpec, load_spec
 
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt
+from .shards import file_sha256
 from .stage import Stage
 from .tasks import Verdict, get_task
+
+MAX_LORA_RANK = 64   # the largest adapter rank the vLLM engine accepts; the training default is 64
 
 SCHEMA = {
     "question_id": pl.String,
@@ -46,10 +50,11 @@ class StudentAnswers(Stage):
 
     def identity(self) -> dict:
         cfg = self.cfg
+        adapter = None if self.adapter is None else file_sha256(Path(self.adapter) / "adapter_model.safetensors")
         return {
             "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.data, "limit": cfg.limit,
             "seed": cfg.seed, "num_shards": cfg.num_shards, "model": self.spec.name,
-            "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256,
+            "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, "adapter_sha256": adapter,
         }
 
     @cached_property
@@ -95,8 +100,16 @@ class StudentAnswers(Stage):
         return summary
 
 
+def with_lora(spec: ModelSpec) -> ModelSpec:
+    """The student's spec with LoRA requests enabled, for answering with an adapter."""
+    return dataclasses.replace(spec, vllm={**spec.vllm, "enable_lora": True, "max_lora_rank": MAX_LORA_RANK})
+
+
 class Exam(StudentAnswers):
+    """In a later round the student takes the exam with the adapter of the round before."""
     name = "exam"
 
     def __init__(self, cfg: RunConfig):
-        super().__init__(cfg, load_spec(cfg.student).with_engine(cfg.engine), Path(cfg.run_dir) / "exam")
+        spec = load_spec(cfg.student).with_engine(cfg.engine)
+        super().__init__(cfg, with_lora(spec) if cfg.init_adapter else spec, Path(cfg.run_dir) / "exam")
+        self.adapter = cfg.init_adapter

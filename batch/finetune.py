@@ -30,7 +30,8 @@ class Train:
         from training import preset
 
         return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
-                      out_dir=str(self.dir), **{"seed": self.cfg.seed, **dict(self.cfg.train_overrides)})
+                      out_dir=str(self.dir), init_adapter=self.cfg.init_adapter,
+                      **{"seed": self.cfg.seed, **dict(self.cfg.train_overrides)})
 
     def pending(self) -> str | None:
         """None when the adapter of these records and settings exists, else the reason."""

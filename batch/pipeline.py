@@ -2,7 +2,9 @@
 in order in one process (the SLURM executor runs the same stage objects, one shard per task)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 from local_teachers.engine import EnginePool
 
@@ -19,10 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig):
+    """One round of distillation; ``rounds`` chains several."""
+
+    def __init__(self, cfg: RunConfig, round_: int = 1, eval_base: Eval | None = None):
         if len(set(cfg.teachers)) != len(cfg.teachers) or not cfg.teachers:
             raise ValueError(f"the committee must name one or more distinct teachers, got {list(cfg.teachers)}")
         self.cfg = cfg
+        self.round = round_
         self.exam = Exam(cfg)
         self.teaches = [Teach(self.exam, t) for t in cfg.teachers]
         review_feedback = policy_from(cfg.policy, dict(cfg.policy_overrides)).review_feedback
@@ -30,7 +35,7 @@ class Pipeline:
         self.reviews = [Review(t, self.teaches, review_feedback) for t in self.teaches] if len(self.teaches) > 1 else []
         self.dataset = Dataset(self.teaches, self.reviews)
         self.train = Train(self.dataset)
-        self.eval_base = Eval(cfg, "base")
+        self.eval_base = eval_base or Eval(cfg, "base")
 
     def eval_distilled(self) -> Eval:
         """Built once the adapter exists: its checksum is part of the stage's identity."""
@@ -62,4 +67,17 @@ class Pipeline:
         return figures
 
     def results(self) -> dict:
-        return results_table(self.eval_base, self.eval_distilled())
+        return results_table(self.eval_base, self.eval_distilled(), self.round)
+
+
+def rounds(first: Pipeline, n: int) -> list[Pipeline]:
+    """Round 1 in the run directory, round r in <run>/round-r: the student takes the exam with
+    round r-1's adapter, the committee teaches from its new mistakes, and training continues
+    from that adapter. The base student is evaluated once, in round 1."""
+    pipelines = [first]
+    for r in range(2, n + 1):
+        cfg = dataclasses.replace(first.cfg, run_dir=Path(first.cfg.run_dir) / f"round-{r}",
+                                  init_adapter=str(pipelines[-1].train.adapter))
+        cfg.save()
+        pipelines.append(Pipeline(cfg, r, eval_base=first.eval_base))
+    return pipelines

@@ -165,6 +165,12 @@ class EnginePool:
             self.engine.close()
             self.engine = None
 
+    def __enter__(self) -> "EnginePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _weights_key(spec: ModelSpec) -> tuple:
     """What a loaded engine depends on; sampling settings travel with each request instead."""

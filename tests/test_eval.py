@@ -36,7 +36,7 @@ def test_vllm_lora_and_peft_agree_and_the_adapter_matters(tmp_path, random_adapt
     written = json.loads((tmp_path / "vllm" / "eval" / "results.json").read_text())
     assert written == result
     table = (tmp_path / "vllm" / "eval" / "results.md").read_text()
-    assert table.startswith("| task | student | base accuracy") and "| svamp | smollm2-135m-instruct |" in table
+    assert table.startswith("| task | student | round | base accuracy") and "| svamp | smollm2-135m-instruct | 1 |" in table
 
 
 def test_eval_identity_follows_the_adapter_file(tmp_path, random_adapter):

@@ -1,5 +1,6 @@
 """exam -> teach -> review -> dataset: bookkeeping with scripted engines (each model answers by
 a script), one engine load per shared-weights committee, and the real demo committee on vLLM."""
+import hashlib
 import re
 from dataclasses import replace
 
@@ -259,3 +260,21 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     assert "eval base shard 0/1: done, skipped" in third.stderr
     assert "eval distilled shard 0/1: written by another configuration (adapter_sha256" in third.stderr
     assert "records: 4 rationale, 0 feedback" in third.stdout
+
+    # A second round: the trained student retakes the exam with its adapter and training goes on
+    # from it; round 1 is not redone and the base student is evaluated once.
+    adapter = run / "train" / "adapter"
+    stamp = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    fourth = subprocess.run(args + ["--no-feedback", "--rounds", "2"], capture_output=True, text=True, timeout=600)
+    assert fourth.returncode == 0, fourth.stderr
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    later = run / "round-2"
+    exam_manifest = json.loads((later / "exam" / "shard-00000-of-00001.manifest.json").read_text())
+    adapter_sha = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert exam_manifest["identity"]["adapter_sha256"] == adapter_sha
+    card = json.loads((later / "train" / "adapter" / "card.json").read_text())
+    assert card["config"]["init_adapter"] == str(adapter)
+    assert not (later / "eval" / "base").exists()
+    rows = [line for line in fourth.stdout.splitlines() if line.startswith("| svamp | tiny-llama |")]
+    assert [line.split("|")[3].strip() for line in rows[-2:]] == ["1", "2"]
+    assert json.loads((later / "eval" / "results.json").read_text())["round"] == 2
