@@ -198,6 +198,7 @@ def eval_(pipeline, shards, variant):
     """EVAL: the student, base and distilled, on the test split; then the results table, written
     by whichever call finds both complete (on SLURM, the last array task)."""
     from .evaluate import format_results
+    from .summary import write_summary
 
     stages = [pipeline.eval_base] if variant in ("base", "both") else []
     if variant in ("distilled", "both"):
@@ -205,6 +206,7 @@ def eval_(pipeline, shards, variant):
     for stage in stages:
         _report(stage.run(shards))
     if pipeline.train.adapter.is_dir() and not pipeline.eval_base.pending() and not pipeline.eval_distilled().pending():
+        click.echo(write_summary(pipeline))
         click.echo(format_results(pipeline.results()))
 
 
@@ -219,6 +221,7 @@ def distill(pipeline, shards, n_rounds):
     from .evaluate import format_results
     from .pipeline import rounds
     from .stats import format_stats
+    from .summary import write_summary
 
     if shards is not None:
         raise click.BadParameter("distill runs every shard; use a stage command for one", param_hint="--shard")
@@ -233,6 +236,8 @@ def distill(pipeline, shards, n_rounds):
             click.echo(f"instruction records: {one.dataset.records_path}")
             click.echo(f"adapter: {one.train.adapter}")
             results.append(one.results())
+            click.echo(f"what each stage skipped, truncated or could not parse ({one.cfg.run_dir}/summary.md):")
+            click.echo(write_summary(one))
             click.echo(format_results(*results))
 
 

@@ -243,6 +243,10 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "| svamp | tiny-llama |" in first.stdout and "records: 4 rationale, 4 feedback" in first.stdout
+    summary = {line["stage"]: line for line in json.loads((run / "summary.json").read_text())}
+    assert list(summary) == ["exam tiny-llama", "teach tiny-teacher", "dataset", "train", "eval base",
+                             "eval distilled"]
+    assert "| eval distilled | 4 |" in first.stdout
     result = json.loads((run / "eval" / "results.json").read_text())
     assert result["test_size"] == 4 and result["adapter"] == str(run / "train" / "adapter")
     card = json.loads((run / "train" / "adapter" / "card.json").read_text())
@@ -278,3 +282,32 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     rows = [line for line in fourth.stdout.splitlines() if line.startswith("| svamp | tiny-llama |")]
     assert [line.split("|")[3].strip() for line in rows[-2:]] == ["1", "2"]
     assert json.loads((later / "eval" / "results.json").read_text())["round"] == 2
+
+
+def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(cfg):
+    """A student that answers nothing or garbage (with undecodable bytes shown as U+FFFD) and a
+    teacher that writes nothing: every row is kept, and the summary counts each kind of loss."""
+    from batch.summary import run_summary, write_summary
+
+    pipeline = Pipeline(cfg)
+    gold_of = {q.text: q.gold for q in pipeline.exam.questions}
+    scripts = _committee_scripts(gold_of)
+    answers = iter(["", "\ufffd\ufffd@@ \x00", "The answer is 999999.", "", "###", "The answer is 1."] * 2)
+    scripts["smollm2-135m-instruct"] = Script(lambda text: next(answers))
+    scripts["demo-teacher-c"] = Script(lambda text: "")
+    pipeline.run_local(ScriptedPool(scripts), through="dataset")
+    lines = {line["stage"]: line for line in run_summary(pipeline)}
+    exam = pipeline.exam.results()
+    assert exam.height == 6 and "\ufffd\ufffd@@ \x00" in exam["completion"].to_list()
+    assert lines["exam smollm2-135m-instruct"] | {"note": ""} == {
+        "stage": "exam smollm2-135m-instruct", "rows": 6, "prompt_too_long": 0, "hit_max_tokens": 0, "empty": 2,
+        "parse_failures": int((exam["verdict"] == "unparseable").sum()), "note": ""}
+    mistakes = exam.filter(pl.col("verdict") != "correct").height
+    assert lines["teach demo-teacher-c"]["empty"] == lines["teach demo-teacher-c"]["rows"] == 2 * mistakes
+    assert lines["teach demo-teacher-c"]["parse_failures"] == mistakes          # its rationales hold no answer
+    assert lines["review demo-teacher-c"]["parse_failures"] == lines["review demo-teacher-c"]["rows"] == 2 * mistakes
+    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
+    assert decisions.height == sum(lines[f"teach demo-teacher-{k}"]["rows"] for k in "abc") == 6 * mistakes
+    assert "mistaken questions dropped" in lines["dataset"]["note"] and "train" not in lines
+    text = write_summary(pipeline)
+    assert (cfg.run_dir / "summary.md").read_text() == text and "| teach demo-teacher-c | " in text
