@@ -212,6 +212,15 @@ def eval_(pipeline, shards, variant):
 
 @main.command()
 @run_options
+def plan(pipeline, shards):
+    """What a run of these options would do: each stage kept, or redone and why."""
+    from .pipeline import format_plan
+
+    click.echo(format_plan(pipeline.plan()))
+
+
+@main.command()
+@run_options
 @click.option("--rounds", "n_rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="distill again from the trained student's new mistakes, in <run>/round-2, ...")
 def distill(pipeline, shards, n_rounds):
@@ -219,7 +228,7 @@ def distill(pipeline, shards, n_rounds):
     from local_teachers.engine import EnginePool
 
     from .evaluate import format_results
-    from .pipeline import rounds
+    from .pipeline import format_plan, rounds
     from .stats import format_stats
     from .summary import write_summary
 
@@ -228,7 +237,7 @@ def distill(pipeline, shards, n_rounds):
     results = []
     with EnginePool() as pool:
         for one in rounds(pipeline, n_rounds):
-            click.echo(f"round {one.round} of {n_rounds}: {one.cfg.run_dir}")
+            click.echo(f"round {one.round} of {n_rounds}: {one.cfg.run_dir}\n{format_plan(one.plan())}")
             for figures in one.run_local(pool):
                 _report(figures)
             _exam_summary(one)

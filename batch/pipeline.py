@@ -66,8 +66,30 @@ class Pipeline:
         log.info("models loaded in this run: %d", pool.loads)
         return figures
 
+    def plan(self) -> list[tuple[str, str | None]]:
+        """Each stage with the reason it will run, or None when its output is done and current."""
+        steps = [(s.label, _shards_reason(s.pending(), self.cfg.num_shards)) for s in self.model_stages()]
+        steps += [("dataset", self.dataset.pending()), ("train", self.train.pending()),
+                  (self.eval_base.label, _shards_reason(self.eval_base.pending(), self.cfg.num_shards))]
+        trained = self.train.pending() is None
+        steps.append(("eval distilled", _shards_reason(self.eval_distilled().pending(), self.cfg.num_shards)
+                      if trained else "its adapter is not trained yet"))
+        return steps
+
     def results(self) -> dict:
         return results_table(self.eval_base, self.eval_distilled(), self.round)
+
+
+def _shards_reason(pending: dict[int, str], num_shards: int) -> str | None:
+    """``{shard: reason}`` as one line: how many shards for each reason."""
+    by_reason: dict[str, list[int]] = {}
+    for shard, reason in pending.items():
+        by_reason.setdefault(reason, []).append(shard)
+    return "; ".join(f"{len(shards)}/{num_shards} shards {reason}" for reason, shards in by_reason.items()) or None
+
+
+def format_plan(steps: list[tuple[str, str | None]]) -> str:
+    return "\n".join(f"  {label}: {'to do, ' + reason if reason else 'done, kept'}" for label, reason in steps)
 
 
 def rounds(first: Pipeline, n: int) -> list[Pipeline]:

@@ -2,6 +2,7 @@
 a script), one engine load per shared-weights committee, and the real demo committee on vLLM."""
 import hashlib
 import re
+import shutil
 from dataclasses import replace
 
 import polars as pl
@@ -311,3 +312,47 @@ def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(c
     assert "mistaken questions dropped" in lines["dataset"]["note"] and "train" not in lines
     text = write_summary(pipeline)
     assert (cfg.run_dir / "summary.md").read_text() == text and "| teach demo-teacher-c | " in text
+
+
+def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_path, monkeypatch):
+    """A policy, a teacher's model path, a review prompt or the seed: the plan names the stages
+    that will run again and why, and keeps every other one."""
+    from batch.pipeline import format_plan
+    from batch.prompts import load_prompt, prompts_dir
+    from local_teachers.registry import load_spec
+
+    _run(cfg)
+
+    def todo(changed):
+        plan = dict(Pipeline(changed).plan())
+        return {label for label, reason in plan.items() if reason}, plan
+
+    later = {"train", "eval distilled"}           # never trained in these tests
+    redo, plan = todo(cfg)
+    assert redo == later | {"eval base"}
+    redo, plan = todo(replace(cfg, policy_overrides=(("threshold", 4.0),)))
+    assert redo == later | {"eval base", "dataset"} and "threshold" in plan["dataset"]
+
+    spec = yaml.safe_load(open(load_spec("demo-teacher-b").source))
+    spec["path"] = str(tmp_path)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
+    redo, plan = todo(replace(cfg, teachers=("demo-teacher-a", str(tmp_path / "b.yaml"), "demo-teacher-c")))
+    reviews = {f"review demo-teacher-{k}" for k in "abc"}
+    assert redo == later | {"eval base", "dataset", "teach demo-teacher-b"} | reviews
+    assert plan["teach demo-teacher-b"].startswith("2/2 shards written by another configuration (model_identity")
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(prompts_dir(), prompts)
+    (prompts / "peer_review" / "math.txt").write_text((prompts / "peer_review" / "math.txt").read_text() + "\nBe strict.")
+    monkeypatch.setenv("MAPD_PROMPTS", str(prompts))
+    load_prompt.cache_clear()
+    try:
+        redo, plan = todo(cfg)
+    finally:
+        monkeypatch.undo()
+        load_prompt.cache_clear()
+    assert redo == later | {"eval base", "dataset"} | reviews and "prompts_sha256" in plan["review demo-teacher-a"]
+
+    redo, plan = todo(replace(cfg, seed=1))
+    assert redo == set(plan) and "seed: 731 -> 1" in plan["exam smollm2-135m-instruct"]
+    assert "exam smollm2-135m-instruct: to do, 2/2 shards written by another configuration" in format_plan(plan.items())
