@@ -32,7 +32,7 @@ SLURM_ARGS ?=
 SUBMIT_ARGS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) \
 	$(if $(QOS),--qos $(QOS)) $(SLURM_ARGS)
 
-.PHONY: distill status exam teach review dataset train eval model test bench install clean-runs
+.PHONY: distill plan status exam teach review dataset train eval model test bench install clean-runs
 
 # Every stage in one process, each model loaded once; or, with EXECUTOR=slurm, submitted.
 distill: $(READY)
@@ -46,6 +46,10 @@ endif
 # Per stage: shards done / total, SLURM jobs pending / running / failed with their logs.
 status: $(VENV)/.installed
 	$(MAPD) status --run-dir $(RUN_DIR)
+
+# What `make distill` would do with these settings: each stage kept, or redone and why.
+plan: $(VENV)/.installed
+	$(MAPD) plan $(RUN_ARGS)
 
 # One stage at a time (all its shards; SLURM array tasks add --shard i).
 exam teach review dataset train eval: $(READY)
