@@ -57,6 +57,9 @@ class StudentAnswers(Stage):
             "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, "adapter_sha256": adapter,
         }
 
+    def check_inputs(self, shards) -> None:
+        self.questions
+
     @cached_property
     def questions(self):
         questions = self.task.load(self.split, self.cfg.data)

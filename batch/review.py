@@ -59,6 +59,9 @@ class Review(Stage):
             "authors": {t.spec.name: t.fingerprint() for t in self.authors},
         }
 
+    def upstream(self) -> list[Stage]:
+        return [self.exam, *self.authors]
+
     def rows(self, shard: int, engine) -> list[dict]:
         exam = {r["question_id"]: r for r in self.exam.shard_frame(shard).iter_rows(named=True)}
         written = pl.concat([t.shard_frame(shard) for t in self.authors])

@@ -44,6 +44,17 @@ class Stage:
     def rows(self, shard: int, engine) -> list[dict]:
         raise NotImplementedError
 
+    def upstream(self) -> list["Stage"]:
+        """The stages whose shards this one reads."""
+        return []
+
+    def check_inputs(self, shards) -> None:
+        """Fail before the model loads (minutes for a large one) when an input is missing,
+        stale or malformed."""
+        for stage in self.upstream():
+            for i in shards:
+                stage.shard_frame(i)
+
     def fingerprint(self) -> str:
         return fingerprint(self.identity())
 
@@ -64,6 +75,8 @@ class Stage:
         todo = self.pending(shards)
         for i in shards:
             log.info("%s shard %d/%d: %s", self.label, i, self.cfg.num_shards, todo.get(i, "done, skipped"))
+        if todo:
+            self.check_inputs(list(todo))
         pool = pool or EnginePool()
         engine = pool.get(self.spec) if todo else None
         t0 = time.perf_counter()

@@ -57,6 +57,9 @@ class Teach(Stage):
             "exam": self.exam.fingerprint(),
         }
 
+    def upstream(self) -> list[Stage]:
+        return [self.exam]
+
     @cached_property
     def questions(self):
         return {q.id: q for q in self.exam.questions}

@@ -148,6 +148,8 @@ def test_killed_exam_resumes_without_redoing_finished_shards(tmp_path, tiny_spec
      r"train.jsonl: row 2: .*JSON"),
     (lambda d: (d / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n'),
      r"train.jsonl: row 2: field 'answer'"),
+    (lambda d: (d / "gsm8k" / "train.jsonl").write_bytes(b'{"question": "caf\xe9?", "answer": "#### 1"}\n'),
+     r"train.jsonl: not valid UTF-8 \(invalid continuation byte at byte 17\)"),
 ])
 def test_bad_data_is_reported_with_file_row_and_field(tmp_path, tiny_spec_file, data_copy, damage, message):
     damage(data_copy)
@@ -156,7 +158,7 @@ def test_bad_data_is_reported_with_file_row_and_field(tmp_path, tiny_spec_file, 
                          env=_cli_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert re.search(message, out.stderr), out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "loaded model" not in out.stderr   # found before any model loads
 
 
 def test_missing_paths_are_named(tmp_path, tiny_spec_file):

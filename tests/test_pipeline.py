@@ -356,3 +356,17 @@ def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_pat
     redo, plan = todo(replace(cfg, seed=1))
     assert redo == set(plan) and "seed: 731 -> 1" in plan["exam smollm2-135m-instruct"]
     assert "exam smollm2-135m-instruct: to do, 2/2 shards written by another configuration" in format_plan(plan.items())
+
+
+def test_a_stage_refuses_missing_inputs_before_loading_its_model(cfg):
+    from batch.shards import StaleShardError
+
+    class NoLoading:
+        def get(self, spec):
+            raise AssertionError(f"{spec.name} was loaded")
+
+    pipeline = Pipeline(cfg)
+    with pytest.raises(StaleShardError, match="not written yet; run the exam"):
+        pipeline.teaches[0].run(pool=NoLoading())
+    with pytest.raises(StaleShardError, match="not written yet; run the exam"):
+        pipeline.reviews[0].run(pool=NoLoading())
