@@ -7,6 +7,7 @@ rename) and the manifest last, so a crash leaves either a finished shard or none
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -51,8 +52,11 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            # e.g. a full disk: say which file could not be written (the temporary name is gone).
+            raise OSError(e.errno, f"{e.strerror or e}; could not write", str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -63,7 +67,11 @@ def atomic_write(path: Path, write) -> None:
 
 def write_shard(df: pl.DataFrame, path: Path, identity: dict, **extra) -> dict:
     """Write ``df`` to ``path``, then its manifest: what produced it, row count, checksum."""
-    atomic_write(path, df.write_parquet)
+    # Encoded in memory first: polars reports a failed file write (a full disk) as a ComputeError
+    # without the errno or the path; a plain write raises an OSError that atomic_write names.
+    buffer = io.BytesIO()
+    df.write_parquet(buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     manifest = {**extra, "identity": identity, "fingerprint": fingerprint(identity),
                 "rows": df.height, "sha256": file_sha256(path), "file": path.name}
     atomic_write(manifest_path(path), lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
