@@ -40,7 +40,12 @@ class Train:
         trained = self._trained_with(self.config())
         if trained is None:
             return "not trained yet"
-        return trained if isinstance(trained, str) else None
+        if isinstance(trained, str):
+            return trained
+        if not (self.adapter / "card.json").is_file():
+            # Only a checkpoint: training was stopped and is not done; it resumes from there.
+            return "stopped before the end: resumes from its last checkpoint"
+        return None
 
     def run(self) -> Path:
         from training import train
