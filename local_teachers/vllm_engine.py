@@ -37,7 +37,16 @@ class VLLMEngine(Engine):
             # prefill is split across steps; whole prefills avoid it.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
         kwargs.update(spec.vllm)
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except RuntimeError as e:
+            # Even one process opens a torch.distributed (gloo) group over 127.0.0.1; a machine
+            # whose loopback interface is down (a bare `unshare -n`) fails deep inside gloo.
+            if "Unable to find interface" not in str(e):
+                raise
+            raise RuntimeError(f"vLLM could not start: its process group needs the loopback interface "
+                               f"(127.0.0.1) up, and it is down here (`ip link set lo up`), or run this "
+                               f"model with --engine transformers; gloo said: {e}") from e
         self.adapter_ids: dict[str, int] = {}
         return self.llm.get_tokenizer()
 
