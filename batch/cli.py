@@ -250,6 +250,17 @@ def distill(pipeline, shards, n_rounds):
             click.echo(format_results(*results))
 
 
+@main.command()
+@run_options
+@click.option("--tokens-per-second", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+              help="assumed generation rate of one model job, for the full-size cost estimate")
+def report(pipeline, shards, tokens_per_second):
+    """The run report: one self-contained HTML page with figures, in <run>/report/index.html."""
+    from .report import write_report
+
+    click.echo(write_report(pipeline, tokens_per_second))
+
+
 # The SLURM executor's commands (submit, status) live beside the sbatch templates in slurm/.
 from slurm.cli import register  # noqa: E402
 

@@ -1,0 +1,321 @@
+"""The run report: one self-contained HTML page, <run>/report/index.html, with the accuracy
+before and after, the committee's scores, the dataset, what each stage cost and what a
+full-size run would cost, and a few example records. Figures are PNGs inlined as data URIs, so
+the page can be mailed or archived alone. It reads only what the run wrote: on a partial run a
+section whose inputs are missing says so."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .shards import atomic_write
+from .stats import format_stats
+
+# The paper's headline accuracies (%), base -> distilled, Llama2-7B-chat student, as quoted in
+# ../shared/DESIGN.md ("headline results").
+PAPER = {"gsm8k": (16.55, 36.24), "svamp": (44.71, 59.50), "strategyqa": (48.53, 67.67), "logiqa": (16.50, 36.27)}
+PAPER_SOURCE = "Li et al., arXiv 2410.03663, headline results, Llama2-7B-chat student (as quoted in DESIGN.md)"
+EXAMPLES = 3
+SCORES = (1, 2, 3, 4, 5, None)          # None: no usable score (no_score or out_of_range)
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+pre {{ white-space: pre-wrap; background: #f6f6f6; padding: 0.5em; }}
+.missing {{ color: #a33; font-style: italic; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p>A section or stage "not run yet" has no output of this configuration; <code>make plan</code> says why.</p>
+{body}
+</body></html>
+"""
+
+
+def write_report(pipeline, tokens_per_second: float) -> Path:
+    """Write the page; returns its path."""
+    cfg = pipeline.cfg
+    title = f"MAPD run report: {cfg.task}, {cfg.run_dir}"
+    sections = [
+        ("Configuration", _table(["setting", "value"], [
+            ["student", cfg.student], ["teachers", ", ".join(cfg.teachers)], ["policy", cfg.policy],
+            ["selection", cfg.selection], ["limit", cfg.limit or "every question"], ["seed", cfg.seed]])),
+        ("Accuracy before and after", accuracy(pipeline)),
+        ("The committee's reviews", reviews_section(pipeline)),
+        ("The dataset", dataset_section(pipeline)),
+        ("Stage timings and tokens", timings(pipeline)),
+        ("Training", training(pipeline)),
+        ("What a full-size run would cost", full_size_cost(pipeline, tokens_per_second)),
+        ("Example records", examples(pipeline)),
+    ]
+    body = "\n".join(f"<h2>{_esc(name)}</h2>\n{content}" for name, content in sections)
+    path = Path(cfg.run_dir) / "report" / "index.html"
+    page = PAGE.format(title=_esc(title), body=body)
+    atomic_write(path, lambda f: f.write(page.encode()))
+    return path
+
+
+# ---------------------------------------------------------------- sections
+
+def accuracy(pipeline) -> str:
+    path = Path(pipeline.cfg.run_dir) / "eval" / "results.json"
+    stages = _eval_stages(pipeline)
+    # results.json of an older configuration may still lie there: trust it only when both
+    # eval stages of this configuration are done.
+    if len(stages) < 2 or any(s.pending() for s in stages) or not path.is_file():
+        return _missing("eval not run yet: no results for the base and distilled students of this configuration")
+    r = json.loads(path.read_text())
+    rows = [["this run", r["student"], r["test_size"], f"{r['base_accuracy']:.1%}", f"{r['distilled_accuracy']:.1%}",
+             f"{r['base_unparseable']} / {r['distilled_unparseable']}"]]
+    if r["task"] in PAPER:
+        base, distilled = PAPER[r["task"]]
+        rows.append(["the paper", "Llama2-7B-chat", "", f"{base:.2f}%", f"{distilled:.2f}%", ""])
+    note = f"<p>The paper's figures: {_esc(PAPER_SOURCE)}.</p>" if r["task"] in PAPER else ""
+    return _table(["", "student", "test questions", "base", "distilled", "unparseable (base / distilled)"],
+                  rows) + note
+
+
+def reviews_section(pipeline) -> str:
+    if not pipeline.reviews:
+        return _missing("one teacher: no peer review")
+    done = [r for r in pipeline.reviews if not r.pending()]
+    if not done:
+        return _missing("review not run yet")
+    note = "" if len(done) == len(pipeline.reviews) else _missing(
+        f"review done for {len(done)} of {len(pipeline.reviews)} reviewers; the others are not shown")
+    reviews = pl.concat([r.results() for r in done])
+    return note + _img(score_heatmap(reviews), "mean score, reviewer x author") + _img(
+        score_histograms(reviews), "score histograms per reviewer")
+
+
+def dataset_section(pipeline) -> str:
+    if pipeline.dataset.pending():
+        return _missing("dataset not written yet")
+    stats = json.loads((pipeline.dataset.dir / "stats.json").read_text())
+    return (f"<pre>{_esc(format_stats(stats))}</pre>"
+            + _img(accepted_histogram(stats), "questions by accepted rationales")
+            + _img(accepted_per_teacher(stats), "accepted rationales per teacher"))
+
+
+def timings(pipeline) -> str:
+    """What the manifests of each model stage recorded, whichever job wrote the shards."""
+    rows = []
+    for stage in _model_stages(pipeline):
+        done = pipeline.cfg.num_shards - len(stage.pending())
+        if not done:
+            rows.append([stage.label, "not run yet"] + [""] * 7)
+            continue
+        f = stage.figures()
+        rate = f["completion_tokens"] / f["engine_seconds"] if f["engine_seconds"] else 0.0
+        rows.append([stage.label, f"{done}/{pipeline.cfg.num_shards}", f["generations"], f["prompt_tokens"],
+                     f["completion_tokens"], f["skipped_too_long"], f"{f['engine_seconds']:.1f}",
+                     f"{f['wall_seconds']:.1f}", f"{rate:.1f}"])
+    note = "" if len(_eval_stages(pipeline)) == 2 else _missing("eval distilled: no adapter yet")
+    return _table(["stage", "shards done", "generations", "prompt tokens", "completion tokens", "skipped (too long)",
+                   "engine s", "wall s", "tokens/s"], rows) + note
+
+
+def training(pipeline) -> str:
+    reason = pipeline.train.pending()
+    if reason:
+        return _missing(f"train not run yet: {reason}")
+    card = json.loads((pipeline.train.adapter / "card.json").read_text())
+    counts, losses = card["counts"], card["last_epoch_mean_losses"]
+    return _table(["figure", "value"], [
+        ["records trained / skipped / truncated",
+         f"{counts['examples']} / {counts['skipped']} / {counts['truncated']}"],
+        ["steps", card["steps"]],
+        ["tokens", card["train_tokens"]],
+        ["train seconds", f"{card['train_seconds']:.1f}"],
+        ["tokens/s", _number(card["tokens_per_second"])],
+        ["padding", _percent(card["padding_fraction"])],
+        ["last epoch's mean loss (feedback / rationale)",
+         " / ".join(_number(losses[k], 3) for k in ("feedback", "rationale"))],
+        ["device", card["device"]],
+    ])
+
+
+def full_size_cost(pipeline, tokens_per_second: float) -> str:
+    """DESIGN.md's cost model (exam Q, teach 2·T·N, review T·(T-1)·N, eval 2 x test questions)
+    at this run's mistake share: every count is proportional to the split's size, so each
+    stage's generations scale by full split / this run's questions."""
+    if pipeline.exam.pending():
+        return _missing("exam not run yet: the estimate scales the run's measured figures")
+    exam = pipeline.exam.results()
+    scale = {s.split: len(s.task.load(s.split, s.cfg.data)) / len(s.questions)
+             for s in (pipeline.exam, pipeline.eval_base)}
+    rows, total, left_out = [], 0.0, []
+    for stage in _model_stages(pipeline):
+        f = stage.figures()
+        if stage.pending() or not f["generations"]:
+            left_out.append(stage.label)
+            continue
+        generations = f["generations"] * scale["test" if stage.name == "eval" else "train"]
+        per_generation = f["completion_tokens"] / f["generations"]
+        hours = generations * per_generation / tokens_per_second / 3600
+        gpus = max(stage.spec.gpus, 1)
+        total += hours * gpus
+        rows.append([stage.label, f"{generations:,.0f}", f"{per_generation:.0f}",
+                     f"{generations * per_generation / 1e6:.2f}", f"{hours:.2f}", gpus, f"{hours * gpus:.2f}"])
+    rows.append(["total", "", "", "", "", "", f"{total:.2f}"])
+    mistakes = (exam["verdict"] != "correct").mean()
+    assumptions = (
+        f"Generations per stage follow DESIGN.md's cost model: exam = Q train questions; teach = 2·N per teacher "
+        f"(a rationale and a feedback per mistake; N without feedback); review = (T-1)·N per reviewer (twice with "
+        f"review of feedback); eval = the test questions per variant. N = Q x this run's mistake share "
+        f"({mistakes:.0%} of {exam.height} exam answers), so each stage's generations here are scaled by the "
+        f"full split over this run's questions. Tokens per generation: this run's measured mean completion tokens "
+        f"(small demo models or a short max_tokens write answers of other lengths than a real committee). "
+        f"Time = generated tokens / {tokens_per_second:,.0f} tokens/s (an assumption, --tokens-per-second; the "
+        f"README's example is 1,000 tokens/s for a 70B teacher on 4 GPUs, not a measurement); GPU-hours = time x the "
+        f"model's registry gpus (0, a CPU model, counted as 1). Not counted: prompt processing, model loading "
+        f"(minutes per job), training.")
+    if left_out:
+        assumptions += f" Left out, not done yet (or no generation): {', '.join(left_out)}."
+    return _table(["stage", "generations", "tokens / generation", "M tokens", "hours", "GPUs", "GPU-hours"],
+                  rows) + f"<p>{_esc(assumptions)}</p>"
+
+
+def examples(pipeline) -> str:
+    """The first few kept questions: what the student got wrong and what it is trained on."""
+    if pipeline.dataset.pending():
+        return _missing("dataset not written yet")
+    records = pl.read_parquet(pipeline.dataset.records_path)
+    rationales = records.filter(pl.col("kind") == "rationale").head(EXAMPLES)
+    if not rationales.height:
+        return _missing("no accepted rationale: the dataset holds no record to show")
+    exam = {r["question_id"]: r for r in pipeline.exam.results().iter_rows(named=True)}
+    feedback = {r["question_id"]: r for r in records.filter(pl.col("kind") == "feedback").iter_rows(named=True)}
+    parts = []
+    for r in rationales.iter_rows(named=True):
+        q, fb = exam[r["question_id"]], feedback.get(r["question_id"])
+        scores = ", ".join(f"{who} {'no score' if s is None else s}"
+                           for who, s in zip(r["reviewers"], r["scores"])) or "not peer-reviewed"
+        parts.append(
+            f"<h3>{_esc(r['question_id'])}</h3>"
+            f"<p><b>Question</b> (gold: {_esc(q['gold'])})</p><pre>{_esc(q['question'])}</pre>"
+            f"<p><b>Student's answer</b> ({_esc(q['verdict'])})</p><pre>{_esc(q['completion'])}</pre>"
+            + (f"<p><b>Feedback</b> by {_esc(fb['teacher'])}</p><pre>{_esc(fb['response'])}</pre>" if fb else "")
+            + f"<p><b>Accepted rationale</b> by {_esc(r['teacher'])}; scores: {_esc(scores)}; "
+              f"mean {_esc(_number(r['mean_score']))}</p><pre>{_esc(r['response'])}</pre>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- figures
+
+def score_heatmap(reviews: pl.DataFrame) -> Figure:
+    """Mean valid score each reviewer gave each author's rationales: who is lenient with whom.
+    The diagonal stays empty: nobody reviews their own work."""
+    scored = reviews.filter(pl.col("kind") == "rationale")
+    names = sorted(set(scored["reviewer"]) | set(scored["author"]))
+    means = {(r, a): m for r, a, m in scored.group_by("reviewer", "author")
+             .agg(pl.col("score").cast(pl.Float64).mean()).iter_rows()}
+    grid = [[means.get((r, a)) for a in names] for r in names]
+    fig = Figure(figsize=(2 + 1.4 * len(names), 1.5 + 1.1 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow([[float("nan") if v is None else v for v in row] for row in grid], vmin=1, vmax=5, cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            label = "" if i == j else "no score" if v is None else f"{v:.2f}"
+            ax.text(j, i, label, ha="center", va="center", color="grey" if v is None else "w")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("author")
+    ax.set_ylabel("reviewer")
+    fig.colorbar(image, ax=ax, label="mean score")
+    return fig
+
+
+def score_histograms(reviews: pl.DataFrame) -> Figure:
+    """Per reviewer, how often it gave each score, and how often no usable one."""
+    reviewers = sorted(set(reviews["reviewer"]))
+    fig = Figure(figsize=(1 + 3 * len(reviewers), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(reviewers), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, reviewers):
+        scores = reviews.filter(pl.col("reviewer") == name)["score"].to_list()
+        ax.bar(range(len(SCORES)), [scores.count(s) for s in SCORES], color=["C0"] * 5 + ["grey"],
+               tick_label=["none" if s is None else str(s) for s in SCORES])
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel("score")
+    axes[0].set_ylabel("reviews")
+    return fig
+
+
+def accepted_histogram(stats: dict) -> Figure:
+    """Questions by how many teachers' rationales were accepted; 0 = the question is dropped."""
+    counts = stats["questions_by_accepted_rationales"]
+    fig = Figure(figsize=(4, 2.8), layout="constrained")
+    ax = fig.subplots()
+    ax.bar([int(k) for k in counts], list(counts.values()))
+    ax.set_xticks([int(k) for k in counts])
+    ax.set_xlabel("accepted rationales")
+    ax.set_ylabel("mistaken questions")
+    return fig
+
+
+def accepted_per_teacher(stats: dict) -> Figure:
+    per = stats["accepted_per_teacher"]
+    x = range(len(per))
+    fig = Figure(figsize=(1.5 + 1.5 * len(per), 2.8), layout="constrained")
+    ax = fig.subplots()
+    ax.bar([i - 0.2 for i in x], [v["written"] for v in per.values()], 0.4, label="written")
+    ax.bar([i + 0.2 for i in x], [v["accepted"] for v in per.values()], 0.4, label="accepted")
+    ax.set_xticks(list(x), list(per), rotation=20, ha="right")
+    ax.set_ylabel("rationales")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------- helpers
+
+def _eval_stages(pipeline) -> list:
+    """eval base, and eval distilled once its adapter exists (its checksum is in its identity)."""
+    try:
+        return [pipeline.eval_base, pipeline.eval_distilled()]
+    except FileNotFoundError:
+        return [pipeline.eval_base]
+
+
+def _model_stages(pipeline) -> list:
+    return [*pipeline.model_stages(), *_eval_stages(pipeline)]
+
+
+def _img(fig: Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<p><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _table(header: list, rows: list[list]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _missing(text: str) -> str:
+    return f'<p class="missing">{_esc(text)}</p>'
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _number(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
