@@ -99,7 +99,7 @@ def run_options(f):
             pipeline = Pipeline(cfg)
             cfg.save()
             return f(pipeline, None if shard is None else [shard], **kwargs)
-        except (FileNotFoundError, ValueError, KeyError, StaleShardError) as e:
+        except (OSError, ValueError, KeyError, StaleShardError) as e:   # a full disk names its file
             raise click.ClickException(str(e)) from e
     return wrapper
 

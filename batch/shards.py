@@ -20,6 +20,14 @@ class StaleShardError(RuntimeError):
     pass
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "(none)"
+
+
+MISSING = _Missing()
+
+
 def fingerprint(identity: dict) -> str:
     """Stable hash of everything that determines a stage's output."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -92,9 +100,10 @@ def why_not_done(path: Path, identity: dict) -> str | None:
         return "not written yet"
     if manifest.get("fingerprint") != fingerprint(identity):
         old = manifest.get("identity", {})
-        changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        # A key one side lacks is "(none)", so that a newly added setting shows too.
+        changed = sorted(k for k in set(old) | set(identity) if old.get(k, MISSING) != identity.get(k, MISSING))
         return "written by another configuration (" + ", ".join(
-            f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in changed) + ")"
+            f"{k}: {old.get(k, MISSING)!r} -> {identity.get(k, MISSING)!r}" for k in changed) + ")"
     if not path.is_file():
         return "its Parquet file is missing"
     if file_sha256(path) != manifest.get("sha256"):

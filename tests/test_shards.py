@@ -33,6 +33,8 @@ def test_reasons_for_redoing_a_shard(tmp_path):
     _write(tmp_path, 0, 1)
     changed = {**IDENTITY, "limit": 32}
     assert why_not_done(path, changed) == "written by another configuration (limit: 16 -> 32)"
+    added = {**IDENTITY, "adapter_sha256": None}    # a setting newer code records
+    assert why_not_done(path, added) == "written by another configuration (adapter_sha256: (none) -> None)"
     path.write_bytes(path.read_bytes()[:-10])       # a truncated file
     assert "checksum" in why_not_done(path, IDENTITY)
     path.unlink()
