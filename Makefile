@@ -32,7 +32,7 @@ SLURM_ARGS ?=
 SUBMIT_ARGS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) \
 	$(if $(QOS),--qos $(QOS)) $(SLURM_ARGS)
 
-.PHONY: distill plan status exam teach review dataset train eval model test bench install clean-runs
+.PHONY: distill plan status report exam teach review dataset train eval model test bench install clean-runs
 
 # Every stage in one process, each model loaded once; or, with EXECUTOR=slurm, submitted.
 distill: $(READY)
@@ -50,6 +50,10 @@ status: $(VENV)/.installed
 # What `make distill` would do with these settings: each stage kept, or redone and why.
 plan: $(VENV)/.installed
 	$(MAPD) plan $(RUN_ARGS)
+
+# The run report, one self-contained HTML page: $(RUN_DIR)/report/index.html. Works on a partial run.
+report: $(VENV)/.installed
+	$(MAPD) report $(RUN_ARGS)
 
 # One stage at a time (all its shards; SLURM array tasks add --shard i).
 exam teach review dataset train eval: $(READY)
