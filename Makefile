@@ -81,8 +81,15 @@ $(MODEL_DIR)/config.json: | $(VENV)/.installed
 test: $(READY)
 	$(VENV)/bin/python -m pytest -q tests
 
+# Every benchmark, with small arguments (about 20 minutes on 2 CPU cores); figures in bench/RESULTS.md.
+# review_prefix_cache reviews the rationales of stage_overhead's run in runs/bench.
 bench: $(READY)
-	$(VENV)/bin/python bench/exam_engines.py
+	rm -rf runs/bench
+	$(VENV)/bin/python bench/exam_engines.py --questions 8 --max-tokens 128
+	$(VENV)/bin/python bench/stage_overhead.py --run-dir runs/bench/svamp --task svamp --limit 8 --max-steps 4
+	$(VENV)/bin/python bench/review_prefix_cache.py --run-dir runs/bench/svamp
+	$(VENV)/bin/python bench/bookkeeping_scale.py --sizes 2000,20000
+	$(VENV)/bin/python bench/train_padding.py --records 64 --steps 3
 
 clean-runs:
 	rm -rf runs
