@@ -1,9 +1,12 @@
-"""The resolved configuration of a run, saved as config.yaml in its run directory."""
+"""The configuration of a run: one file, ``<run>/config.yaml``, written by the first command
+that does work on the run and read by every later one (and by every SLURM job). ``RunConfig``
+owns the format: load, save, validate (errors name the key and the file) and compare."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -13,12 +16,19 @@ from .shards import atomic_write
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 DEMO_COMMITTEE = ("demo-teacher-a", "demo-teacher-b", "demo-teacher-c")
 PAPER_SEED = 731
+SELECTIONS = ("paper", "all")
+ENGINES = ("vllm", "transformers")
+CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
     task: str
-    run_dir: Path
+    run_dir: Path                       # where config.yaml lies; not saved in it
     student: str = DEFAULT_STUDENT      # registry name or YAML path
     engine: str | None = None           # overrides every model's registry engine (vllm | transformers)
     data: str | None = None             # None: bundled original files; else a folder, file or hub id
@@ -27,29 +37,125 @@ class RunConfig:
     num_shards: int = 1
     teachers: tuple[str, ...] = DEMO_COMMITTEE   # registry names or YAML paths
     policy: str = "default"             # acceptance preset (batch.committee.PRESETS)
-    policy_overrides: tuple[tuple[str, object], ...] = ()   # (field, value) pairs over the preset
+    policy_overrides: dict = field(default_factory=dict)   # Policy fields over the preset
     selection: str = "paper"            # paper: one rationale + one feedback per question; all
     feedback: bool = True               # False: the no-feedback ablation
     train_preset: str = "qlora"         # training.PRESETS: qlora | paper
-    train_overrides: tuple[tuple[str, object], ...] = ()    # (field, value) pairs over the preset
+    train_overrides: dict = field(default_factory=dict)    # TrainConfig fields over the preset
     init_adapter: str | None = None     # a later round: the student's adapter from the round before
+
+    def __post_init__(self):
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+        object.__setattr__(self, "policy_overrides", dict(self.policy_overrides))
+        object.__setattr__(self, "train_overrides", dict(self.train_overrides))
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / CONFIG_FILE
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["run_dir"] = str(self.run_dir)
+        d.pop("run_dir")
         d["teachers"] = list(self.teachers)
-        d["policy_overrides"] = dict(self.policy_overrides)
-        d["train_overrides"] = dict(self.train_overrides)
         return d
+
+    @classmethod
+    def from_dict(cls, raw: dict, run_dir: Path, source: str = "the options") -> "RunConfig":
+        """A validated configuration; errors name ``source`` and the key."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"run_dir"}
+        unknown = sorted(set(raw) - fields)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        if "task" not in raw:
+            raise ConfigError(f"{source}: key 'task': missing")
+        hints = typing.get_type_hints(cls)
+        for key, value in raw.items():
+            _check_type(key, value, hints[key], source)
+        cfg = cls(run_dir=run_dir, **raw)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "the options") -> None:
+        """Values, checked before any work: names the key at fault."""
+        from training.config import PRESETS as TRAIN_PRESETS, TrainConfig
+
+        from .committee import policy_from
+        from .tasks import get_task
+
+        def check(key, ok, problem):
+            if not ok:
+                raise ConfigError(f"{source}: key {key!r}: {problem}")
+
+        def guarded(key, call):
+            try:
+                call()
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{source}: key {key!r}: {e}") from None
+
+        guarded("task", lambda: get_task(self.task))
+        check("engine", self.engine in (None, *ENGINES), f"{self.engine!r} is not one of {', '.join(ENGINES)}")
+        check("limit", self.limit is None or self.limit >= 1, f"must be at least 1, got {self.limit}")
+        check("num_shards", self.num_shards >= 1, f"must be at least 1, got {self.num_shards}")
+        check("teachers", len(self.teachers) >= 1 and len(set(self.teachers)) == len(self.teachers),
+              f"the committee must name one or more distinct teachers, got {list(self.teachers)}")
+        check("selection", self.selection in SELECTIONS, f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        guarded("policy", lambda: policy_from(self.policy))
+        guarded("policy_overrides", lambda: policy_from(self.policy, self.policy_overrides))
+        check("train_preset", self.train_preset in TRAIN_PRESETS,
+              f"{self.train_preset!r} is not one of {', '.join(TRAIN_PRESETS)}")
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"base_model", "records", "out_dir"}
+        check("train_overrides", set(self.train_overrides) <= known,
+              f"unknown field(s) {sorted(set(self.train_overrides) - known)}; allowed: {sorted(known)}")
 
     def save(self) -> Path:
         """Write config.yaml (with its hash) into the run directory; returns its path."""
         text = yaml.safe_dump(self.to_dict(), sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = Path(self.run_dir) / "config.yaml"
         # Array tasks of one run may write it at the same time: never leave it half-written.
-        atomic_write(path, lambda f: f.write(f"# config hash: {digest}\n{text}".encode()))
-        return path
+        atomic_write(self.path, lambda f: f.write(f"# config hash: {digest}\n{text}".encode()))
+        return self.path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunConfig":
+        path = Path(run_dir) / CONFIG_FILE
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file; start the run with `mapd distill --task ...` "
+                              "(or any stage command), which writes it") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(raw, Path(run_dir), str(path))
+
+    def differences(self, other: "RunConfig") -> list[str]:
+        """``key: mine -> other`` for every saved setting that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def _check_type(key: str, value, hint, source: str) -> None:
+    """Types of the YAML values: int is not bool, a tuple field takes a list of strings."""
+    args = typing.get_args(hint)
+    allowed = [a for a in args if a is not type(None)] if args and type(None) in args else [hint]
+    if value is None and type(None) in args:
+        return
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if origin in (str, bool, dict) and isinstance(value, origin):
+            return
+    names = {tuple: "a list of names", str: "a string", int: "an integer", bool: "true or false", dict: "a mapping"}
+    want = " or ".join(names.get(typing.get_origin(k) or k, str(k)) for k in allowed)
+    raise ConfigError(f"{source}: key {key!r}: expected {want}{' or null' if type(None) in args else ''}, "
+                      f"got {value!r}")
 
 
 def request_seed(seed: int, *parts: str) -> int:

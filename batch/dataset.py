@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import random
+import time
 from pathlib import Path
 
 import polars as pl
@@ -21,13 +22,13 @@ from .config import request_seed
 from .prompts import load_prompt
 from .review import Review
 from .shards import atomic_write, why_not_done, write_shard
-from .stats import committee_stats
+from .stage import Stage
+from .stats import committee_stats, format_stats
 from .tasks import Verdict
 from .teach import Teach
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = ("paper", "all")
 RECORD_SCHEMA = {
     "record_id": pl.String,
     "question_id": pl.String,
@@ -41,41 +42,54 @@ RECORD_SCHEMA = {
 }
 
 
-class Dataset:
+class Dataset(Stage):
     name = "dataset"
+    sharded = False
 
-    def __init__(self, teaches: list[Teach], reviews: list[Review]):
+    def __init__(self, exam, teaches: list[Teach], reviews: list[Review]):
+        super().__init__(exam.cfg, [exam, *teaches, *reviews], None)
+        self.exam = exam
         self.teaches = teaches
         self.reviews = reviews
-        self.exam = teaches[0].exam
-        self.cfg = self.exam.cfg
-        if self.cfg.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.cfg.selection!r}; choose one of {', '.join(SELECTIONS)}")
-        self.policy: Policy = policy_from(self.cfg.policy, dict(self.cfg.policy_overrides))
+        self.policy: Policy = policy_from(self.cfg.policy, self.cfg.policy_overrides)
         self.prompts = {"rationale": load_prompt("train/rationale"), "feedback": load_prompt("train/feedback")}
         self.dir = Path(self.cfg.run_dir) / self.name
         self.records_path = self.dir / "records.parquet"
         self.decisions_path = self.dir / "decisions.parquet"
+
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        return [cls(graph.one("exam"), graph.named("teach"), graph.named("review"))]
 
     def identity(self) -> dict:
         return {
             "stage": self.name, "selection": self.cfg.selection, "policy": dataclasses.asdict(self.policy),
             "feedback": self.cfg.feedback, "seed": self.cfg.seed,
             "prompts_sha256": {k: p.sha256 for k, p in self.prompts.items()},
-            "teach": {t.spec.name: t.fingerprint() for t in self.teaches},
-            "review": {r.spec.name: r.fingerprint() for r in self.reviews},
+            "inputs": self.inputs(0),
         }
 
-    def pending(self) -> str | None:
-        identity = self.identity()
-        return why_not_done(self.records_path, identity) or why_not_done(self.decisions_path, identity)
+    def outputs(self, shard: int = 0) -> list[Path]:
+        return [self.records_path]
 
-    def run(self) -> dict:
-        reason = self.pending()
+    def pending(self, shards=None) -> dict[int, str]:
+        reason = self.waiting(0)
+        if reason is None:
+            identity = self.identity()
+            reason = why_not_done(self.records_path, identity) or why_not_done(self.decisions_path, identity)
+        return {0: reason} if reason and 0 in self.shards(shards) else {}
+
+    def stats(self) -> dict:
+        return json.loads((self.dir / "stats.json").read_text())
+
+    def run(self, shards=None, pool=None) -> dict:
+        t0 = time.perf_counter()
+        reason = self.pending().get(0)
         if reason is None:
             log.info("dataset: done, skipped")
-            return json.loads((self.dir / "stats.json").read_text())
+            return {"stage": self.key, "shards_run": 0, "wall_seconds": time.perf_counter() - t0}
         log.info("dataset: to do (%s)", reason)
+        self.check_inputs([0])
         decisions = self.decisions()
         records = self.select(decisions)
         reviews = pl.concat([r.results() for r in self.reviews]) if self.reviews else None
@@ -86,7 +100,18 @@ class Dataset:
         write_shard(decisions, self.decisions_path, identity, stage=self.name)
         write_shard(records, self.records_path, identity, stage=self.name)
         log.info("dataset: %d records written to %s", records.height, self.records_path)
-        return stats
+        return {"stage": self.key, "shards_run": 1, "wall_seconds": time.perf_counter() - t0}
+
+    def outcome(self, figures: dict) -> str:
+        return f"{format_stats(self.stats())}\ninstruction records: {self.records_path}"
+
+    def summary_line(self) -> dict:
+        stats = self.stats()
+        dropped = stats["mistakes"] - stats["questions_kept"]
+        return {"stage": self.key, "rows": sum(stats["records"].values()), "prompt_too_long": 0,
+                "hit_max_tokens": 0, "empty": 0, "parse_failures": 0,
+                "note": f"{stats['rationales'] - stats['rationales_accepted']} rationales rejected; "
+                        f"{dropped} of {stats['mistakes']} mistaken questions dropped (no accepted rationale)"}
 
     def decisions(self) -> pl.DataFrame:
         """Every rationale and feedback the committee wrote, with its scores and the decision."""

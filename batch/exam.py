@@ -15,8 +15,8 @@ from local_teachers.registry import ModelSpec, load_spec
 
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt
-from .shards import file_sha256
-from .stage import Stage
+from .shards import atomic_write, file_sha256
+from .stage import ModelStage, Stage
 from .tasks import Verdict, get_task
 
 MAX_LORA_RANK = 64   # the largest adapter rank the vLLM engine accepts; the training default is 64
@@ -36,19 +36,21 @@ SCHEMA = {
 }
 
 
-class StudentAnswers(Stage):
-    """The student answers ``split``; subclasses set ``name``, ``split`` and ``adapter``."""
+class StudentAnswers(ModelStage):
+    """The student answers ``split``, with ``adapter`` (a peft LoRA folder) when one is given;
+    subclasses set ``name`` and ``split``."""
 
     schema = SCHEMA
     split = "train"
-    adapter: str | None = None
 
-    def __init__(self, cfg: RunConfig, spec: ModelSpec, folder: Path):
-        super().__init__(cfg, spec, folder)
+    def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None,
+                 adapter: str | None = None):
+        super().__init__(cfg, needs, spec, folder, part)
+        self.adapter = adapter
         self.task = get_task(cfg.task)
         self.prompt = load_prompt("student_answer", self.task.family)
 
-    def identity(self) -> dict:
+    def settings(self) -> dict:
         cfg = self.cfg
         adapter = None if self.adapter is None else file_sha256(Path(self.adapter) / "adapter_model.safetensors")
         return {
@@ -58,6 +60,7 @@ class StudentAnswers(Stage):
         }
 
     def check_inputs(self, shards) -> None:
+        super().check_inputs(shards)
         self.questions
 
     @cached_property
@@ -99,8 +102,17 @@ class StudentAnswers(Stage):
             "hit_max_tokens": int((df["finish_reason"] == "length").sum()),
             "completion_tokens": int(df["completion_tokens"].sum()),
         }
-        (self.stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(self.stage_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         return summary
+
+    def outcome(self, figures: dict) -> str:
+        line = super().outcome(figures)
+        if self.pending():
+            return line
+        s = self.summary()
+        return (f"{line}\n{self.key} {s['task']}: {s['questions']} questions | accuracy "
+                f"{s['accuracy']:.1%} ({s['correct']}) | mistakes {s['mistakes']} | unparseable {s['unparseable']} | "
+                f"hit max tokens {s['hit_max_tokens']}")
 
 
 def with_lora(spec: ModelSpec) -> ModelSpec:
@@ -114,5 +126,9 @@ class Exam(StudentAnswers):
 
     def __init__(self, cfg: RunConfig):
         spec = load_spec(cfg.student).with_engine(cfg.engine)
-        super().__init__(cfg, with_lora(spec) if cfg.init_adapter else spec, Path(cfg.run_dir) / "exam")
-        self.adapter = cfg.init_adapter
+        super().__init__(cfg, [], with_lora(spec) if cfg.init_adapter else spec, Path(cfg.run_dir) / "exam",
+                         adapter=cfg.init_adapter)
+
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        return [cls(graph.cfg)]

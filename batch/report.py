@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 from .shards import atomic_write
 from .stats import format_stats
 
-# The paper's headline accuracies (%), base -> distilled, Llama2-7B-chat student, as quoted in
-# ../shared/DESIGN.md ("headline results").
+# The paper's headline accuracies (%), base -> distilled, Llama2-7B-chat student with its
+# three-teacher committee (Li et al., arXiv 2410.03663, main results table).
 PAPER = {"gsm8k": (16.55, 36.24), "svamp": (44.71, 59.50), "strategyqa": (48.53, 67.67), "logiqa": (16.50, 36.27)}
-PAPER_SOURCE = "Li et al., arXiv 2410.03663, headline results, Llama2-7B-chat student (as quoted in DESIGN.md)"
+PAPER_SOURCE = "Li et al., arXiv 2410.03663, main results, Llama2-7B-chat student"
 EXAMPLES = 3
 SCORES = (1, 2, 3, 4, 5, None)          # None: no usable score (no_score or out_of_range)
 
@@ -44,21 +44,21 @@ img {{ max-width: 100%; }}
 """
 
 
-def write_report(pipeline, tokens_per_second: float) -> Path:
-    """Write the page; returns its path."""
-    cfg = pipeline.cfg
+def write_report(graph, tokens_per_second: float) -> Path:
+    """Write the page of the run whose stage graph is ``graph``; returns its path."""
+    cfg = graph.cfg
     title = f"MAPD run report: {cfg.task}, {cfg.run_dir}"
     sections = [
         ("Configuration", _table(["setting", "value"], [
             ["student", cfg.student], ["teachers", ", ".join(cfg.teachers)], ["policy", cfg.policy],
             ["selection", cfg.selection], ["limit", cfg.limit or "every question"], ["seed", cfg.seed]])),
-        ("Accuracy before and after", accuracy(pipeline)),
-        ("The committee's reviews", reviews_section(pipeline)),
-        ("The dataset", dataset_section(pipeline)),
-        ("Stage timings and tokens", timings(pipeline)),
-        ("Training", training(pipeline)),
-        ("What a full-size run would cost", full_size_cost(pipeline, tokens_per_second)),
-        ("Example records", examples(pipeline)),
+        ("Accuracy before and after", accuracy(graph)),
+        ("The committee's reviews", reviews_section(graph)),
+        ("The dataset", dataset_section(graph)),
+        ("Stage timings and tokens", timings(graph)),
+        ("Training", training(graph)),
+        ("What a full-size run would cost", full_size_cost(graph, tokens_per_second)),
+        ("Example records", examples(graph)),
     ]
     body = "\n".join(f"<h2>{_esc(name)}</h2>\n{content}" for name, content in sections)
     path = Path(cfg.run_dir) / "report" / "index.html"
@@ -69,9 +69,9 @@ def write_report(pipeline, tokens_per_second: float) -> Path:
 
 # ---------------------------------------------------------------- sections
 
-def accuracy(pipeline) -> str:
-    path = Path(pipeline.cfg.run_dir) / "eval" / "results.json"
-    stages = _eval_stages(pipeline)
+def accuracy(graph) -> str:
+    path = Path(graph.cfg.run_dir) / "eval" / "results.json"
+    stages = graph.named("eval")
     # results.json of an older configuration may still lie there: trust it only when both
     # eval stages of this configuration are done.
     if len(stages) < 2 or any(s.pending() for s in stages) or not path.is_file():
@@ -87,51 +87,55 @@ def accuracy(pipeline) -> str:
                   rows) + note
 
 
-def reviews_section(pipeline) -> str:
-    if not pipeline.reviews:
+def reviews_section(graph) -> str:
+    reviewers = graph.named("review")
+    if not reviewers:
         return _missing("one teacher: no peer review")
-    done = [r for r in pipeline.reviews if not r.pending()]
+    done = [r for r in reviewers if not r.pending()]
     if not done:
         return _missing("review not run yet")
-    note = "" if len(done) == len(pipeline.reviews) else _missing(
-        f"review done for {len(done)} of {len(pipeline.reviews)} reviewers; the others are not shown")
+    note = "" if len(done) == len(reviewers) else _missing(
+        f"review done for {len(done)} of {len(reviewers)} reviewers; the others are not shown")
     reviews = pl.concat([r.results() for r in done])
     return note + _img(score_heatmap(reviews), "mean score, reviewer x author") + _img(
         score_histograms(reviews), "score histograms per reviewer")
 
 
-def dataset_section(pipeline) -> str:
-    if pipeline.dataset.pending():
+def dataset_section(graph) -> str:
+    dataset = graph.one("dataset")
+    if dataset.pending():
         return _missing("dataset not written yet")
-    stats = json.loads((pipeline.dataset.dir / "stats.json").read_text())
+    stats = dataset.stats()
     return (f"<pre>{_esc(format_stats(stats))}</pre>"
             + _img(accepted_histogram(stats), "questions by accepted rationales")
             + _img(accepted_per_teacher(stats), "accepted rationales per teacher"))
 
 
-def timings(pipeline) -> str:
-    """What the manifests of each model stage recorded, whichever job wrote the shards."""
+def timings(graph) -> str:
+    """What the manifests of each stage that generates recorded, whichever job wrote the shards."""
     rows = []
-    for stage in _model_stages(pipeline):
-        done = pipeline.cfg.num_shards - len(stage.pending())
-        if not done:
-            rows.append([stage.label, "not run yet"] + [""] * 7)
-            continue
+    for stage in graph:
         f = stage.figures()
+        if "generations" not in f:
+            continue            # no model generates in it (dataset, train: see Training)
+        done = stage.num_shards - len(stage.pending())
+        if not done:
+            rows.append([stage.key, "not run yet"] + [""] * 7)
+            continue
         rate = f["completion_tokens"] / f["engine_seconds"] if f["engine_seconds"] else 0.0
-        rows.append([stage.label, f"{done}/{pipeline.cfg.num_shards}", f["generations"], f["prompt_tokens"],
+        rows.append([stage.key, f"{done}/{stage.num_shards}", f["generations"], f["prompt_tokens"],
                      f["completion_tokens"], f["skipped_too_long"], f"{f['engine_seconds']:.1f}",
                      f"{f['wall_seconds']:.1f}", f"{rate:.1f}"])
-    note = "" if len(_eval_stages(pipeline)) == 2 else _missing("eval distilled: no adapter yet")
     return _table(["stage", "shards done", "generations", "prompt tokens", "completion tokens", "skipped (too long)",
-                   "engine s", "wall s", "tokens/s"], rows) + note
+                   "engine s", "wall s", "tokens/s"], rows)
 
 
-def training(pipeline) -> str:
-    reason = pipeline.train.pending()
+def training(graph) -> str:
+    train = graph.one("train")
+    reason = train.pending().get(0)
     if reason:
         return _missing(f"train not run yet: {reason}")
-    card = json.loads((pipeline.train.adapter / "card.json").read_text())
+    card = train.card()
     counts, losses = card["counts"], card["last_epoch_mean_losses"]
     return _table(["figure", "value"], [
         ["records trained / skipped / truncated",
@@ -147,35 +151,39 @@ def training(pipeline) -> str:
     ])
 
 
-def full_size_cost(pipeline, tokens_per_second: float) -> str:
-    """DESIGN.md's cost model (exam Q, teach 2·T·N, review T·(T-1)·N, eval 2 x test questions)
+def full_size_cost(graph, tokens_per_second: float) -> str:
+    """The cost model of the README's "How long it takes" (exam Q, teach 2·T·N, review T·(T-1)·N, eval 2 x test questions)
     at this run's mistake share: every count is proportional to the split's size, so each
     stage's generations scale by full split / this run's questions."""
-    if pipeline.exam.pending():
+    exam = graph.one("exam")
+    if exam.pending():
         return _missing("exam not run yet: the estimate scales the run's measured figures")
-    exam = pipeline.exam.results()
-    scale = {s.split: len(s.task.load(s.split, s.cfg.data)) / len(s.questions)
-             for s in (pipeline.exam, pipeline.eval_base)}
+    # Every stage reads the questions of one split, the exam's or the eval's.
+    split = {s.split: s for s in graph if hasattr(s, "split")}
+    scale = {name: len(s.task.load(name, s.cfg.data)) / len(s.questions) for name, s in split.items()}
     rows, total, left_out = [], 0.0, []
-    for stage in _model_stages(pipeline):
+    for stage in graph:
         f = stage.figures()
-        if stage.pending() or not f["generations"]:
-            left_out.append(stage.label)
+        if "generations" not in f:
             continue
-        generations = f["generations"] * scale["test" if stage.name == "eval" else "train"]
+        if stage.pending() or not f["generations"]:
+            left_out.append(stage.key)
+            continue
+        generations = f["generations"] * scale[getattr(stage, "split", "train")]
         per_generation = f["completion_tokens"] / f["generations"]
         hours = generations * per_generation / tokens_per_second / 3600
         gpus = max(stage.spec.gpus, 1)
         total += hours * gpus
-        rows.append([stage.label, f"{generations:,.0f}", f"{per_generation:.0f}",
+        rows.append([stage.key, f"{generations:,.0f}", f"{per_generation:.0f}",
                      f"{generations * per_generation / 1e6:.2f}", f"{hours:.2f}", gpus, f"{hours * gpus:.2f}"])
     rows.append(["total", "", "", "", "", "", f"{total:.2f}"])
-    mistakes = (exam["verdict"] != "correct").mean()
+    answers = exam.results()
+    mistakes = (answers["verdict"] != "correct").mean()
     assumptions = (
-        f"Generations per stage follow DESIGN.md's cost model: exam = Q train questions; teach = 2·N per teacher "
+        f"Generations per stage follow the README's cost model: exam = Q train questions; teach = 2·N per teacher "
         f"(a rationale and a feedback per mistake; N without feedback); review = (T-1)·N per reviewer (twice with "
         f"review of feedback); eval = the test questions per variant. N = Q x this run's mistake share "
-        f"({mistakes:.0%} of {exam.height} exam answers), so each stage's generations here are scaled by the "
+        f"({mistakes:.0%} of {answers.height} exam answers), so each stage's generations here are scaled by the "
         f"full split over this run's questions. Tokens per generation: this run's measured mean completion tokens "
         f"(small demo models or a short max_tokens write answers of other lengths than a real committee). "
         f"Time = generated tokens / {tokens_per_second:,.0f} tokens/s (an assumption, --tokens-per-second; the "
@@ -188,15 +196,16 @@ def full_size_cost(pipeline, tokens_per_second: float) -> str:
                   rows) + f"<p>{_esc(assumptions)}</p>"
 
 
-def examples(pipeline) -> str:
+def examples(graph) -> str:
     """The first few kept questions: what the student got wrong and what it is trained on."""
-    if pipeline.dataset.pending():
+    dataset = graph.one("dataset")
+    if dataset.pending():
         return _missing("dataset not written yet")
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    records = pl.read_parquet(dataset.records_path)
     rationales = records.filter(pl.col("kind") == "rationale").head(EXAMPLES)
     if not rationales.height:
         return _missing("no accepted rationale: the dataset holds no record to show")
-    exam = {r["question_id"]: r for r in pipeline.exam.results().iter_rows(named=True)}
+    exam = {r["question_id"]: r for r in graph.one("exam").results().iter_rows(named=True)}
     feedback = {r["question_id"]: r for r in records.filter(pl.col("kind") == "feedback").iter_rows(named=True)}
     parts = []
     for r in rationales.iter_rows(named=True):
@@ -279,18 +288,6 @@ def accepted_per_teacher(stats: dict) -> Figure:
 
 
 # ---------------------------------------------------------------- helpers
-
-def _eval_stages(pipeline) -> list:
-    """eval base, and eval distilled once its adapter exists (its checksum is in its identity)."""
-    try:
-        return [pipeline.eval_base, pipeline.eval_distilled()]
-    except FileNotFoundError:
-        return [pipeline.eval_base]
-
-
-def _model_stages(pipeline) -> list:
-    return [*pipeline.model_stages(), *_eval_stages(pipeline)]
-
 
 def _img(fig: Figure, alt: str) -> str:
     buffer = io.BytesIO()

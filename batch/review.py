@@ -10,10 +10,10 @@ import polars as pl
 
 from local_teachers.engine import Request
 
-from .committee import parse_score
+from .committee import parse_score, policy_from
 from .config import request_seed
 from .prompts import load_prompt
-from .stage import Stage
+from .stage import ModelStage, Stage
 from .teach import Teach
 
 SCHEMA = {
@@ -32,7 +32,7 @@ SCHEMA = {
 }
 
 
-class Review(Stage):
+class Review(ModelStage):
     name = "review"
     schema = SCHEMA
 
@@ -40,27 +40,36 @@ class Review(Stage):
         """``reviewer`` is the reviewing model's own teach stage (its model and settings);
         ``committee`` all teach stages, the reviewer's among them."""
         cfg = reviewer.cfg
-        super().__init__(cfg, reviewer.spec, Path(cfg.run_dir) / "review" / reviewer.spec.name)
-        self.exam = reviewer.exam
-        self.authors = [t for t in committee if t.spec.name != reviewer.spec.name]
-        if not self.authors:
+        authors = [t for t in committee if t.spec.name != reviewer.spec.name]
+        if not authors:
             raise ValueError("peer review needs at least two teachers; with one, run without review")
+        super().__init__(cfg, [reviewer.exam, *authors], reviewer.spec, Path(cfg.run_dir) / "review" / reviewer.spec.name,
+                         part=reviewer.spec.name)
+        self.exam = reviewer.exam
+        self.authors = authors
         self.review_feedback = review_feedback and cfg.feedback
         family = self.exam.task.family
         self.prompts = {"rationale": load_prompt("peer_review", family)}
         if self.review_feedback:
             self.prompts["feedback"] = load_prompt("peer_review", "feedback")
 
-    def identity(self) -> dict:
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        """One reviewer per teacher; one teacher alone is the paper's single-teacher ablation,
+        without peer review."""
+        teaches = graph.named("teach")
+        if len(teaches) < 2:
+            return []
+        review_feedback = policy_from(graph.cfg.policy, graph.cfg.policy_overrides).review_feedback
+        return [cls(t, teaches, review_feedback) for t in teaches]
+
+    def settings(self) -> dict:
         return {
             "stage": self.name, "reviewer": self.spec.name, "model_identity": self.spec.identity(),
             "seed": self.cfg.seed, "num_shards": self.cfg.num_shards,
             "prompts_sha256": {k: p.sha256 for k, p in self.prompts.items()},
-            "authors": {t.spec.name: t.fingerprint() for t in self.authors},
+            "authors": [t.spec.name for t in self.authors],
         }
-
-    def upstream(self) -> list[Stage]:
-        return [self.exam, *self.authors]
 
     def rows(self, shard: int, engine) -> list[dict]:
         exam = {r["question_id"]: r for r in self.exam.shard_frame(shard).iter_rows(named=True)}

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -99,11 +100,14 @@ def why_not_done(path: Path, identity: dict) -> str | None:
     if manifest is None:
         return "not written yet"
     if manifest.get("fingerprint") != fingerprint(identity):
-        old = manifest.get("identity", {})
+        old, new = _flat(manifest.get("identity", {})), _flat(json.loads(json.dumps(identity, default=str)))
         # A key one side lacks is "(none)", so that a newly added setting shows too.
-        changed = sorted(k for k in set(old) | set(identity) if old.get(k, MISSING) != identity.get(k, MISSING))
-        return "written by another configuration (" + ", ".join(
-            f"{k}: {old.get(k, MISSING)!r} -> {identity.get(k, MISSING)!r}" for k in changed) + ")"
+        changed = sorted(k for k in set(old) | set(new) if old.get(k, MISSING) != new.get(k, MISSING))
+        inputs = [k for k in changed if k.startswith("inputs.")]
+        settings = [f"{k}: {old.get(k, MISSING)!r} -> {new.get(k, MISSING)!r}" for k in changed if k not in inputs]
+        if inputs:
+            settings.append("input(s) rewritten since: " + ", ".join(k.removeprefix("inputs.") for k in inputs))
+        return "written by another configuration (" + ", ".join(settings) + ")"
     if not path.is_file():
         return "its Parquet file is missing"
     if file_sha256(path) != manifest.get("sha256"):
@@ -111,13 +115,25 @@ def why_not_done(path: Path, identity: dict) -> str | None:
     return None
 
 
-def read_stage(stage_dir: Path, num_shards: int, identity: dict) -> pl.DataFrame:
-    """All shards of a finished stage as one frame; refuses missing, stale or corrupt shards
-    rather than mixing outputs of two configurations."""
+def _flat(identity: dict, prefix: str = "") -> dict:
+    """Nested settings as dotted keys, so a changed value is named exactly."""
+    out = {}
+    for key, value in identity.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_stage(stage_dir: Path, num_shards: int, identity: Callable[[int], dict]) -> pl.DataFrame:
+    """All shards of a finished stage as one frame (``identity(i)``: shard i's current
+    identity); refuses missing, stale or corrupt shards rather than mixing outputs of two
+    configurations."""
     problems = []
     for i in range(num_shards):
         path = shard_path(stage_dir, i, num_shards)
-        reason = why_not_done(path, identity)
+        reason = why_not_done(path, identity(i))
         if reason:
             problems.append(f"{path}: {reason}")
     if problems:

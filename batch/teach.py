@@ -14,7 +14,7 @@ from local_teachers.registry import load_spec
 from .config import request_seed
 from .exam import Exam
 from .prompts import load_prompt
-from .stage import Stage
+from .stage import ModelStage, Stage
 from .tasks import Verdict
 
 SCHEMA = {
@@ -37,28 +37,29 @@ def mistakes(exam_rows: pl.DataFrame) -> pl.DataFrame:
     return exam_rows.filter(pl.col("verdict") != Verdict.CORRECT.value)
 
 
-class Teach(Stage):
+class Teach(ModelStage):
     name = "teach"
     schema = SCHEMA
 
     def __init__(self, exam: Exam, teacher: str):
         spec = load_spec(teacher).with_engine(exam.cfg.engine)
-        super().__init__(exam.cfg, spec, Path(exam.cfg.run_dir) / "teach" / spec.name)
+        super().__init__(exam.cfg, [exam], spec, Path(exam.cfg.run_dir) / "teach" / spec.name, part=spec.name)
         self.exam = exam
         self.rationale_prompt = exam.prompt
         self.feedback_prompt = load_prompt("teacher_feedback", exam.task.family)
 
-    def identity(self) -> dict:
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        exam = graph.one("exam")
+        return [cls(exam, teacher) for teacher in graph.cfg.teachers]
+
+    def settings(self) -> dict:
         return {
             "stage": self.name, "teacher": self.spec.name, "model_identity": self.spec.identity(),
             "seed": self.cfg.seed, "num_shards": self.cfg.num_shards, "feedback": self.cfg.feedback,
             "rationale_prompt_sha256": self.rationale_prompt.sha256,
             "feedback_prompt_sha256": self.feedback_prompt.sha256,
-            "exam": self.exam.fingerprint(),
         }
-
-    def upstream(self) -> list[Stage]:
-        return [self.exam]
 
     @cached_property
     def questions(self):

@@ -55,7 +55,8 @@ class Pool:
 
 def one_size(n: int, teachers: int, shards: int) -> dict:
     from batch.config import RunConfig
-    from batch.pipeline import Pipeline
+    from batch.graph import Graph
+from batch.local import run_local
 
     work = Path(tempfile.mkdtemp(prefix=f"mapd-scale-{n}-"))
     data = work / "train.jsonl"
@@ -64,16 +65,17 @@ def one_size(n: int, teachers: int, shards: int) -> dict:
             f.write(json.dumps({"question": f"Question {i}: what is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"}) + "\n")
     cfg = RunConfig(task="gsm8k", run_dir=work / "run", data=str(data), num_shards=shards,
                     teachers=tuple(f"demo-teacher-{'abc'[k]}" for k in range(teachers)))
-    pipeline = Pipeline(cfg)
+    graph = Graph(cfg)
     pool = Pool()
     times = {}
-    for label, stages in [("exam", [pipeline.exam]), ("teach", pipeline.teaches), ("review", pipeline.reviews)]:
+    for label, stages in [("exam", [graph.one("exam")]), ("teach", graph.named("teach")), ("review", graph.named("review"))]:
         t0 = time.perf_counter()
         for stage in stages:
             stage.run(pool=pool)
         times[label] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stats = pipeline.dataset.run()
+    graph.one("dataset").run()
+    stats = graph.one("dataset").stats()
     times["dataset"] = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"n": n, "times": times, "peak_mb": peak_mb, "records": sum(stats["records"].values()),

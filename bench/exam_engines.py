@@ -17,7 +17,8 @@ import click  # noqa: E402
 
 from batch.prompts import load_prompt  # noqa: E402
 from batch.tasks import get_task  # noqa: E402
-from local_teachers.engine import Request, go_offline, load_engine  # noqa: E402
+from local_teachers.engine import Request, go_offline
+from local_teachers.pool import load_engine  # noqa: E402
 from local_teachers.registry import Sampling, load_spec  # noqa: E402
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
-from local_teachers.engine import Completion, EnginePool, Request
+from local_teachers.engine import Completion, Request
+from local_teachers.pool import EnginePool
 from local_teachers.registry import Sampling, load_spec
 
 
@@ -45,18 +46,18 @@ class Capture:
 
 
 def review_requests(run_dir: Path, task: str, limit: int) -> list[dict]:
-    """Per reviewer, in pipeline order: its registry spec and its review requests (all shards)."""
-    pipeline = open_run(run_dir, task=task, limit=limit, policy="paper")
+    """Per reviewer, in graph order: its registry spec and its review requests (all shards)."""
+    graph = open_run(run_dir, task=task, limit=limit, policy="paper")
     quiet_logging(run_dir)
     with EnginePool() as pool:
-        for stage in [pipeline.exam, *pipeline.teaches]:
+        for stage in [graph.one("exam"), *graph.named("teach")]:
             if stage.pending():
                 print(f"running {stage.label} for the rationales to review ...", flush=True)
                 stage.run(pool=pool)
     groups = []
-    for review in pipeline.reviews:
+    for review in graph.named("review"):
         capture = Capture()
-        for shard in range(pipeline.cfg.num_shards):
+        for shard in range(graph.cfg.num_shards):
             review.rows(shard, capture)
         groups.append({"spec": review.spec.source, "reviewer": review.spec.name,
                        "requests": [dataclasses.asdict(r) for r in capture.requests]})

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
-from local_teachers.engine import EnginePool
+from local_teachers.pool import EnginePool
 
 
 def timed(fn, into: dict, key: str):
@@ -55,7 +55,7 @@ def main(run_dir, task, limit, max_steps):
     p.dataset.run = timed(p.dataset.run, times, "dataset")
     with EnginePool() as pool:
         t0 = time.perf_counter()
-        p.run_local(pool)
+        run_local(p, pool)
         times["run"] = time.perf_counter() - t0
     if not dataset_todo:       # done before: time its work again, without writing
         t0 = time.perf_counter()

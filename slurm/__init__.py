@@ -1,3 +1,4 @@
-"""SLURM executor: the pipeline as array jobs (one per stage x model, task i = shard i) chained
-with afterok. ``slurm.jobs`` lists the jobs, ``slurm.submit`` writes and submits their sbatch
-scripts, ``slurm.status`` reports on them, ``slurm.cli`` holds `mapd submit` / `mapd status`."""
+"""SLURM executor: the stage graph as array jobs (one per stage, task i = shard i) chained with
+afterok. ``jobs`` lists a run's jobs, ``resources`` what each asks for, ``script`` writes its
+sbatch file, ``cluster`` talks to SLURM, ``submit`` submits, ``status`` reports, ``commands``
+holds `mapd submit` / `mapd status`."""

@@ -1,20 +1,17 @@
-"""The job list of a run: which SLURM jobs the pipeline is made of, what each one needs, and
-which of its shards are still to do.
-
-One job = one stage x one model: an array job whose task i runs shard i
-(``mapd <stage> <run options> [--model NAME] --shard $SLURM_ARRAY_TASK_ID``), or a plain job for
-a stage that is not sharded. ``plan(pipeline)`` lists them in submission order; a job waits
-(``afterok``) for the jobs it ``needs`` that were actually submitted.
-
-Adding a stage is one more ``Job(...)`` in ``plan``. The distilled eval's identity holds the
-adapter's checksum, so before training it is planned as "all shards to do", needing "train".
+"""The jobs of a run: one SLURM job per stage of the stage graph, an array job whose task i runs
+shard i (``mapd run-stage --run-dir R --stage KEY --shard $SLURM_ARRAY_TASK_ID``), or a plain
+job for a stage that is not sharded. A job waits (``afterok``) for the jobs of the stages it
+reads that were submitted with it. ``<run>/slurm/jobs.json`` records what was submitted: job
+ids, array indices, scripts and logs; the configuration is the run's config.yaml.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from local_teachers.registry import ModelSpec
+from batch.shards import atomic_write
 
 # Names that end up in file names, job names and #SBATCH lines: nothing a shell or sbatch
 # would read as anything but a name.
@@ -23,69 +20,52 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 @dataclass
 class Job:
-    key: str                        # file stem and job name: "teach-tiny-a", "dataset"
-    stage: str                      # the `mapd` subcommand the job runs
-    spec: ModelSpec | None          # the model it loads (resources come from it); None: CPU only
-    num_shards: int | None          # an array over this many shards; None: one plain job
-    pending: dict[int, str] | str | None   # array: {shard: why not done}; plain: why not done, or None
-    args: list[str] = field(default_factory=list)   # extra arguments of the stage command
+    stage: object                   # the batch.stage.Stage it runs
+    pending: dict[int, str]         # {shard: why not done}; a stage that is not sharded has shard 0
     needs: list[str] = field(default_factory=list)  # keys of the jobs whose output it reads
-    label: str = ""
 
     @property
-    def sharded(self) -> bool:
-        return self.num_shards is not None
+    def key(self) -> str:
+        """File stem and job name: ``teach-demo-teacher-a``, ``dataset``."""
+        return self.stage.key.replace("/", "-")
 
     @property
-    def todo(self) -> list[int] | bool:
-        """Array: the shards not done (sorted); plain job: whether it is not done."""
-        if self.sharded:
-            return sorted(self.pending or {})
-        return self.pending is not None
+    def label(self) -> str:
+        return self.stage.key
 
     @property
-    def done(self) -> bool:
-        return not self.todo
+    def spec(self):
+        return self.stage.spec
 
     @property
     def model(self) -> str | None:
         return self.spec.name if self.spec else None
 
+    @property
+    def sharded(self) -> bool:
+        return self.stage.sharded
 
-def _key(stage: str, spec: ModelSpec | None) -> str:
-    return stage if spec is None else f"{stage}-{spec.name}"
+    @property
+    def num_shards(self) -> int:
+        return self.stage.num_shards
+
+    @property
+    def todo(self) -> list[int]:
+        return sorted(self.pending)
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
 
 
-def plan(pipeline, shards: list[int] | None = None) -> list[Job]:
-    """Every job of the pipeline, upstream first, with what is left to do. ``shards`` limits
-    the arrays to those shards (the ``--shard`` run option) and leaves the unsharded jobs out."""
-    n = pipeline.cfg.num_shards
-    jobs: list[Job] = []
-
-    def model_job(stage, needs, extra_args=()):
-        key = _key(stage.name, stage.spec)
-        jobs.append(Job(key, stage.name, stage.spec, n, stage.pending(shards), list(extra_args), list(needs),
-                        label=stage.label))
-        return key
-
-    exam = model_job(pipeline.exam, [])
-    teaches = [model_job(t, [exam], ["--model", t.spec.name]) for t in pipeline.teaches]
-    reviews = [model_job(r, [exam, *teaches], ["--model", r.spec.name]) for r in pipeline.reviews]
-    if shards is None:      # the dataset reads every shard: not part of a submission of some shards
-        jobs.append(Job("dataset", "dataset", None, None, pipeline.dataset.pending(), [], [exam, *teaches, *reviews],
-                        label="dataset"))
-        jobs.append(Job("train", "train", pipeline.train.spec, None, pipeline.train.pending(), [], ["dataset"],
-                        label="train"))
-    model_job(pipeline.eval_base, [], ["--variant", "base"])
-    try:
-        distilled = pipeline.eval_distilled()
-        pending = distilled.pending(shards)
-    except FileNotFoundError:           # not trained yet: every shard is to do
-        distilled, pending = pipeline.eval_base, {i: "not trained yet" for i in (shards or range(n))}
-    needs = ["train"] if shards is None else []
-    jobs.append(Job("eval-distilled", "eval", distilled.spec, n, pending, ["--variant", "distilled"], needs,
-                    label="eval distilled"))
-    return jobs
+def run_jobs(graph, shards: list[int] | None = None) -> list[Job]:
+    """Every job of the run, upstream first, with what is left to do. ``shards`` limits the
+    arrays to those shards and leaves out the stages that are not sharded (they read every
+    shard)."""
+    stages = [s for s in graph if shards is None or s.sharded]
+    keys = {s.key for s in stages}
+    return [Job(s, s.pending(shards), [up.key.replace("/", "-") for up in s.needs if up.key in keys])
+            for s in stages]
 
 
 def array_spec(indices: list[int], limit: int | None = None) -> str:
@@ -118,3 +98,19 @@ def parse_array(text: str) -> list[int]:
         else:
             out.append(int(part))
     return out
+
+
+def jobs_file(run_dir: Path) -> Path:
+    return Path(run_dir) / "slurm" / "jobs.json"
+
+
+def read_jobs(run_dir: Path) -> dict:
+    path = jobs_file(run_dir)
+    if not path.is_file():
+        return {"submissions": []}
+    return json.loads(path.read_text())
+
+
+def write_jobs(run_dir: Path, record: dict) -> None:
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(jobs_file(run_dir), lambda f: f.write(text.encode()))

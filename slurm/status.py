@@ -4,81 +4,16 @@ each shard (read with `scontrol show job`), with the log of every failure and th
 SLURM cancelled."""
 from __future__ import annotations
 
-import dataclasses
-import re
 import time
 from collections import Counter
 from pathlib import Path
 
 from batch.config import RunConfig
+from batch.graph import Graph
+from batch.shards import file_sha256
 
-from .jobs import parse_array, plan
-from .submit import SubmitError, jobs_file, read_jobs, slurm_command
-
-RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
-FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-CATEGORIES = ("pending", "running", "completed", "failed", "cancelled", "unknown")
-
-
-def category(state: str) -> str:
-    if state == "UNKNOWN":
-        return "unknown"
-    if state in RUNNING:
-        return "running"
-    if state == "COMPLETED":
-        return "completed"
-    if state in FAILED:
-        return "failed"
-    if state == "CANCELLED":
-        return "cancelled"
-    return "pending"        # PENDING, REQUEUED, held, suspended, ...
-
-
-def query_jobs(job_ids) -> dict[str, list[dict]]:
-    """``{job id: [task records]}`` from `scontrol -o show job`; a job SLURM no longer knows
-    (purged after MinJobAge) has no records."""
-    out: dict[str, list[dict]] = {}
-    for job_id in dict.fromkeys(map(str, job_ids)):
-        proc = slurm_command(["scontrol", "-o", "show", "job", job_id], check=False)
-        if proc.returncode != 0:
-            if "Invalid job id" in proc.stderr:
-                out[job_id] = []
-                continue
-            raise SubmitError(f"`scontrol show job {job_id}` failed: {proc.stderr.strip()}")
-        tasks = []
-        for line in proc.stdout.splitlines():
-            fields = dict(re.findall(r"(?:^|\s)([A-Za-z/]+)=(\S*)", line))
-            if "JobId" not in fields:
-                continue
-            task_ids = fields.get("ArrayTaskId")
-            tasks.append({
-                "job_id": fields["JobId"],
-                "array_job_id": fields.get("ArrayJobId"),
-                "shards": parse_array(task_ids) if task_ids else None,
-                "state": fields.get("JobState", "UNKNOWN"),
-                "reason": fields.get("Reason", ""),
-                "exit_code": fields.get("ExitCode", ""),
-                "restarts": int(fields.get("Restarts", "0") or 0),
-                "stdout": fields.get("StdOut", ""),
-            })
-        out[job_id] = tasks
-    return out
-
-
-def config_of(submission: dict) -> RunConfig:
-    """The RunConfig a submission recorded (``RunConfig.to_dict`` form), its run directory
-    made absolute from the directory the jobs run in."""
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    d = {k: v for k, v in submission["config"].items() if k in known}
-    run_dir = Path(d["run_dir"])
-    if not run_dir.is_absolute():
-        run_dir = Path(submission["workdir"]) / run_dir
-    d.update(run_dir=run_dir, teachers=tuple(d["teachers"]))
-    for key, value in d.items():
-        if key.endswith("_overrides") and isinstance(value, dict):
-            d[key] = tuple(value.items())
-    return RunConfig(**d)
-
+from .cluster import CATEGORIES, category, query_jobs
+from .jobs import jobs_file, read_jobs, run_jobs
 
 def _log_path(pattern: str, job_id: str, shard: int | None) -> str:
     if shard is None:
@@ -87,36 +22,30 @@ def _log_path(pattern: str, job_id: str, shard: int | None) -> str:
 
 
 def run_status(run_dir: Path) -> dict:
-    """The status of every job of the run's latest submitted configuration, as a dict."""
-    from batch.pipeline import Pipeline
-
+    """Every stage of the run with its shards done (from config.yaml and the manifests) and the
+    state of the latest SLURM job of each shard submitted with this configuration."""
+    cfg = RunConfig.load(run_dir)
+    jobs = run_jobs(Graph(cfg))
     record = read_jobs(run_dir)
-    if not record.get("submissions"):
-        raise SubmitError(f"nothing was submitted to SLURM for {run_dir} (no {jobs_file(run_dir)})")
-    last = record["submissions"][-1]
-    old = [s for s in record["submissions"] if s["config"] != last["config"]]
-    cfg = config_of(last)
-    jobs = plan(Pipeline(cfg))
-
+    config_sha = file_sha256(cfg.path)
+    current = [s for s in record["submissions"] if s.get("config_sha256") == config_sha]
     # The latest SLURM job of each (job, shard), over every submission of this configuration.
     latest: dict[tuple[str, int | None], dict] = {}
-    for submission in record["submissions"]:
-        if submission["config"] != last["config"]:
-            continue
+    for submission in current:
         for entry in submission["jobs"]:
             for shard in (entry["shards"] if entry["shards"] is not None else [None]):
                 latest[(entry["key"], shard)] = entry
-    found = query_jobs({e["job_id"] for e in latest.values()})
+    found = query_jobs({e["job_id"] for e in latest.values()}) if latest else {}
 
     out = {"run_dir": str(run_dir), "jobs_file": str(jobs_file(run_dir)), "submissions": len(record["submissions"]),
-           "last_submitted": last["submitted"], "jobs": []}
-    if old:
-        out["note"] = f"{len(old)} earlier submission(s) of another configuration are not shown"
+           "last_submitted": current[-1]["submitted"] if current else None, "jobs": []}
+    if len(current) < len(record["submissions"]):
+        out["note"] = (f"{len(record['submissions']) - len(current)} earlier submission(s) of another "
+                       "configuration are not shown")
     for job in jobs:
         shards = list(range(job.num_shards)) if job.sharded else [None]
-        item = {"key": job.key, "label": job.label, "stage": job.stage, "model": job.model, "sharded": job.sharded,
-                "shards_total": job.num_shards if job.sharded else 1,
-                "shards_done": (job.num_shards - len(job.todo)) if job.sharded else int(job.done),
+        item = {"key": job.key, "label": job.label, "stage": job.stage.name, "model": job.model,
+                "sharded": job.sharded, "shards_total": job.num_shards, "shards_done": job.num_shards - len(job.todo),
                 "done": job.done, "tasks": []}
         for shard in shards:
             entry = latest.get((job.key, shard))
@@ -148,8 +77,11 @@ def run_status(run_dir: Path) -> dict:
 
 
 def format_status(status: dict) -> str:
-    lines = [(f"run {status['run_dir']}: {status['submissions']} submission(s) to SLURM, the last at "
-              f"{status['last_submitted']} (job ids in {status['jobs_file']})")]
+    if status["last_submitted"]:
+        lines = [(f"run {status['run_dir']}: {status['submissions']} submission(s) to SLURM, the last at "
+                  f"{status['last_submitted']} (job ids in {status['jobs_file']})")]
+    else:
+        lines = [f"run {status['run_dir']}: no SLURM job of this configuration; what is done, from its outputs:"]
     if status.get("note"):
         lines.append(f"note: {status['note']}")
     width = max(len(j["label"]) for j in status["jobs"]) + 2
@@ -174,6 +106,9 @@ def format_status(status: dict) -> str:
     c = status["counts"]
     if status["done"]:
         lines.append("all stages done")
+    elif not status["last_submitted"]:
+        lines.append(f"not done: `mapd distill --run-dir {status['run_dir']}` runs the rest here, "
+                     f"`mapd submit --run-dir {status['run_dir']}` on SLURM")
     elif status["active"]:
         lines.append(f"in progress: {c['running']} running, {c['pending']} pending")
     else:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_teachers.engine import go_offline, load_engine
+from local_teachers.engine import go_offline
+from local_teachers.pool import load_engine
 from local_teachers.registry import load_spec, require_local
 
 go_offline()

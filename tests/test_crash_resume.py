@@ -29,8 +29,9 @@ import pytest
 import yaml
 
 from batch.config import RunConfig
-from batch.finetune import Train
-from batch.pipeline import Pipeline
+from batch.train import Train
+from batch.graph import Graph
+from batch.local import run_local
 from batch.shards import StaleShardError, file_sha256, manifest_path
 from local_teachers.engine import Completion, Usage
 
@@ -42,7 +43,7 @@ STAGES = ("exam", "teach", "review", "dataset", "train", "eval")
 POLL = 0.005
 
 
-# ---------------------------------------------------------------- the pipeline as a subprocess
+# ---------------------------------------------------------------- the graph as a subprocess
 
 @pytest.fixture(scope="module")
 def committee(tiny_model, tmp_path_factory) -> dict[str, Path]:
@@ -140,7 +141,7 @@ def intervals(seen: dict[str, int]) -> list[Interval]:
 
 
 def plan(seed: int, spans: list[Interval], kills: int = KILLS) -> list[tuple[int, float]]:
-    """(interval index, fraction of its length) per kill, in pipeline order: one interval in each
+    """(interval index, fraction of its length) per kill, in graph order: one interval in each
     stage, the others at random, all distinct."""
     rng = random.Random(seed)
     chosen = set()
@@ -338,7 +339,7 @@ class Committee:
 def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, monkeypatch, caplog):
     cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=4, num_shards=2,
                     teachers=("demo-teacher-a", "demo-teacher-b"), policy="paper")
-    Pipeline(cfg).run_local(OneEnginePool(Committee()), through="dataset")
+    Graph(cfg).run_local(OneEnginePool(Committee()), through="dataset")
     run = Path(cfg.run_dir)
     records = pl.read_parquet(run / "dataset" / "records.parquet")
     before = {rel: pl.read_parquet(run / rel) for rel in done_shards(run)}
@@ -359,26 +360,26 @@ def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, m
     read = []
     real_read = pl.read_parquet
     monkeypatch.setattr(pl, "read_parquet", lambda source, *a, **k: read.append(Path(source)) or real_read(source, *a, **k))
-    pipeline = Pipeline(cfg)
+    graph = Graph(cfg)
     with pytest.raises(StaleShardError, match=rf"{exam1}: its Parquet file does not match the checksum"):
-        pipeline.exam.results()
+        graph.one("exam").results()
     with pytest.raises(StaleShardError, match=rf"{teach0}: its Parquet file does not match the checksum"):
-        pipeline.teaches[0].shard_frame(0)
+        graph.named("teach")[0].shard_frame(0)
     with pytest.raises(StaleShardError, match=rf"{review1}: not written yet"):
-        pipeline.reviews[1].results()
+        graph.named("review")[1].results()
     with pytest.raises(StaleShardError, match=rf"{records_file}: its Parquet file does not match the checksum"):
-        Train(pipeline.dataset).run()
+        Train(graph.one("dataset")).run()
     with pytest.raises(StaleShardError):
-        pipeline.dataset.run()
+        graph.one("dataset").run()
     assert not corrupt & set(read), "a corrupt file was read"
 
     engine = Committee()
     with caplog.at_level("INFO"):
-        Pipeline(cfg).run_local(OneEnginePool(engine), through="dataset")
+        Graph(cfg).run_local(OneEnginePool(engine), through="dataset")
     rewritten = set(re.findall(r"rows written to (\S+)", caplog.text))
     assert rewritten == {str(exam1), str(teach0), str(review1)}, rewritten
-    assert f"exam smollm2-135m-instruct shard 1/2: its Parquet file does not match the checksum" in caplog.text
-    assert "dataset: to do (its Parquet file does not match the checksum" in caplog.text
+    assert f"exam shard 1/2: its Parquet file does not match the checksum" in caplog.text
+    assert "dataset: to do (waits for exam shard 1 (its Parquet file does not match the checksum" in caplog.text
     assert pl.read_parquet(records_file).equals(records)
     assert {rel: real_read(run / rel) for rel in done_shards(run)}.keys() == before.keys()
     assert all(real_read(run / rel).equals(frame) for rel, frame in before.items())

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from batch.config import RunConfig
-from batch.evaluate import Eval, results_table
+from batch.eval import Eval, results_table
 
 from fakes import OneEnginePool
 
@@ -41,8 +41,8 @@ def test_vllm_lora_and_peft_agree_and_the_adapter_matters(tmp_path, random_adapt
 
 def test_eval_identity_follows_the_adapter_file(tmp_path, random_adapter):
     cfg = RunConfig(task="svamp", run_dir=tmp_path, limit=2)
-    a = Eval(cfg, "distilled", random_adapter).identity()
+    a = Eval(cfg, "distilled", random_adapter).identity(0)
     assert a["adapter_sha256"] and a["split"] == "test" and a["variant"] == "distilled"
-    assert Eval(cfg, "base").identity()["adapter_sha256"] is None
+    assert Eval(cfg, "base").identity(0)["adapter_sha256"] is None
     with pytest.raises(ValueError, match="needs an adapter"):
         Eval(cfg, "distilled")

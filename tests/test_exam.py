@@ -168,6 +168,6 @@ def test_missing_paths_are_named(tmp_path, tiny_spec_file):
     assert out.returncode == 1 and str(tmp_path / "nowhere") in out.stderr and "Traceback" not in out.stderr
     spec = tmp_path / "gone.yaml"
     spec.write_text(f"name: gone\npath: {tmp_path / 'no-model'}\nengine: transformers\ngpus: 0\n")
-    out = subprocess.run(_mapd("exam", "--task", "svamp", "--limit", "2", "--run-dir", str(tmp_path / "run"),
+    out = subprocess.run(_mapd("exam", "--task", "svamp", "--limit", "2", "--run-dir", str(tmp_path / "run2"),
                                "--student", str(spec)), env=_cli_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and f"no model folder at {tmp_path / 'no-model'}" in out.stderr

@@ -120,7 +120,7 @@ def test_vllm_with_the_loopback_down_says_so(monkeypatch, smol_spec):
     importing it takes longer than the rest of this file's checks together."""
     import types
 
-    from local_teachers.engine import load_engine
+    from local_teachers.pool import load_engine
 
     def llm(**kwargs):
         raise RuntimeError("[enforce fail at gloo/transport/tcp/device.cc:212] ifa != nullptr. "

@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from batch.config import RunConfig
-from batch.pipeline import Pipeline
+from batch.graph import Graph
+from batch.local import run_local
 from batch.stats import format_stats
-from local_teachers.engine import Completion, EnginePool, Usage
+from local_teachers.engine import Completion, Usage
+from local_teachers.pool import EnginePool
 
 GOLD = re.compile(r"correct (?:final )?answer is (\S+?)\.?\s")
 
@@ -80,16 +82,16 @@ def cfg(tmp_path):
 
 
 def _run(cfg):
-    pipeline = Pipeline(cfg)
-    gold_of = {q.text: q.gold for q in pipeline.exam.questions}
+    graph = Graph(cfg)
+    gold_of = {q.text: q.gold for q in graph.one("exam").questions}
     pool = ScriptedPool(_committee_scripts(gold_of))
-    figures = pipeline.run_local(pool, through="dataset")
-    stats = pipeline.dataset.run()
-    return pipeline, pool, figures, stats
+    figures = run_local(graph, pool, through="dataset")
+    stats = graph.one("dataset").stats()
+    return graph, pool, figures, stats
 
 
 def test_committee_writes_reviews_decisions_and_paper_selection(cfg):
-    pipeline, pool, figures, stats = _run(cfg)
+    graph, pool, figures, stats = _run(cfg)
     scripts = pool.scripts
     # Every mistake (all 6) gets a rationale and feedback from each of the 3 teachers.
     for k in "abc":
@@ -97,18 +99,18 @@ def test_committee_writes_reviews_decisions_and_paper_selection(cfg):
         assert sum(r.id.startswith("rationale:") for r in teach) == 6
         assert sum(r.id.startswith("feedback:") for r in teach) == 6
     # Reviews: each rationale by the 2 other teachers, never by its author.
-    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    reviews = pl.concat([r.results() for r in graph.named("review")])
     assert reviews.height == 6 * 3 * 2 and (reviews["author"] != reviews["reviewer"]).all()
     assert (reviews.group_by("question_id", "author").len()["len"] == 2).all()
     assert set(reviews["kind"]) == {"rationale"}      # feedback is not peer-reviewed by default
-    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
+    decisions = pl.read_parquet(graph.one("dataset").decisions_path)
     rationales = decisions.filter(pl.col("kind") == "rationale")
     by_teacher = dict(rationales.group_by("teacher").agg(pl.col("accepted").sum()).iter_rows())
     assert by_teacher == {"demo-teacher-a": 6, "demo-teacher-b": 0, "demo-teacher-c": 0}
     assert set(rationales.filter(pl.col("teacher") == "demo-teacher-b")["reason"].str.slice(0, 18)) == {"answer check faile"}
     assert rationales.filter(pl.col("teacher") == "demo-teacher-a")["mean_score"].to_list() == [5.0] * 6
     # Paper selection: one rationale and one feedback per kept question.
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    records = pl.read_parquet(graph.one("dataset").records_path)
     assert records.height == 12 and records["question_id"].n_unique() == 6
     assert sorted(records["kind"].value_counts()["count"].to_list()) == [6, 6]
     r = records.filter(pl.col("kind") == "rationale").row(0, named=True)
@@ -129,12 +131,12 @@ def test_committee_writes_reviews_decisions_and_paper_selection(cfg):
 
 
 def test_paper_policy_keeps_well_reviewed_rationales_with_wrong_answers(cfg):
-    pipeline, _, _, stats = _run(replace(cfg, policy="paper", selection="all"))
-    decisions = pl.read_parquet(pipeline.dataset.decisions_path).filter(pl.col("kind") == "rationale")
+    graph, _, _, stats = _run(replace(cfg, policy="paper", selection="all"))
+    decisions = pl.read_parquet(graph.one("dataset").decisions_path).filter(pl.col("kind") == "rationale")
     accepted = dict(decisions.group_by("teacher").agg(pl.col("accepted").sum()).iter_rows())
     # b: mean(4, 4) = 4 > 3 accepted without the answer check; c: only [2] valid -> rejected.
     assert accepted == {"demo-teacher-a": 6, "demo-teacher-b": 6, "demo-teacher-c": 0}
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    records = pl.read_parquet(graph.one("dataset").records_path)
     assert (records["kind"] == "rationale").sum() == 12 and (records["kind"] == "feedback").sum() == 18
 
 
@@ -146,29 +148,29 @@ def test_rerun_does_nothing_and_a_teacher_change_redoes_only_downstream(cfg, cap
     # A changed review setting (feedback reviewed too) redoes review and dataset, not exam or teach.
     changed = replace(cfg, policy_overrides=(("review_feedback", True),))
     with caplog.at_level("INFO"):
-        pipeline, pool, figures, _ = _run(changed)
+        graph, pool, figures, _ = _run(changed)
     ran = {f["stage"]: f["shards_run"] for f in figures}
-    assert ran["exam smollm2-135m-instruct"] == 0
-    assert all(ran[f"teach demo-teacher-{k}"] == 0 for k in "abc")
-    assert all(ran[f"review demo-teacher-{k}"] == 2 for k in "abc")
+    assert ran["exam"] == 0
+    assert all(ran[f"teach/demo-teacher-{k}"] == 0 for k in "abc")
+    assert all(ran[f"review/demo-teacher-{k}"] == 2 for k in "abc")
     assert "dataset: to do (written by another configuration" in caplog.text
-    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    reviews = pl.concat([r.results() for r in graph.named("review")])
     assert set(reviews["kind"]) == {"rationale", "feedback"}
 
 
 def test_single_teacher_and_no_feedback_ablations(cfg):
-    pipeline, pool, _, stats = _run(replace(cfg, teachers=("demo-teacher-a",), feedback=False))
-    assert pipeline.reviews == [] and "review_matrix" not in stats
+    graph, pool, _, stats = _run(replace(cfg, teachers=("demo-teacher-a",), feedback=False))
+    assert graph.named("review") == [] and "review_matrix" not in stats
     assert all(r.id.startswith("rationale:") for r in pool.scripts["demo-teacher-a"].seen)
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    records = pl.read_parquet(graph.one("dataset").records_path)
     assert set(records["kind"]) == {"rationale"} and records.height == 6
     assert records["scores"].to_list() == [[]] * 6
 
 
 def test_no_accepted_rationale_leaves_an_empty_dataset_with_a_clear_count(cfg):
-    pipeline, _, _, stats = _run(replace(cfg, policy_overrides=(("threshold", 5.0),)))
+    graph, _, _, stats = _run(replace(cfg, policy_overrides=(("threshold", 5.0),)))
     assert stats["rationales_accepted"] == 0 and stats["questions_kept"] == 0
-    assert pl.read_parquet(pipeline.dataset.records_path).height == 0
+    assert pl.read_parquet(graph.one("dataset").records_path).height == 0
 
 
 def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
@@ -181,11 +183,11 @@ def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
     cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=3, student=str(tiny_spec_file),
                     teachers=tuple(paths))
     pool = EnginePool()
-    pipeline = Pipeline(cfg)
-    pipeline.run_local(pool, through="dataset")
+    graph = Graph(cfg)
+    run_local(graph, pool, through="dataset")
     assert pool.loads == 1
-    pipeline.dataset.run()
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    graph.one("dataset").run()
+    records = pl.read_parquet(graph.one("dataset").records_path)
     assert set(records.columns) >= {"record_id", "question_id", "kind", "prompt", "response", "teacher"}
 
 
@@ -196,33 +198,35 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
                     teachers=("demo-teacher-a", "demo-teacher-b"))
     pool = EnginePool()
     pool.engine = vllm_engine          # the session's engine: same weights as every member
-    pipeline = Pipeline(cfg)
-    assert pipeline.exam.spec.sampling.temperature == 0.3
-    figures = pipeline.run_local(pool, through="dataset")
+    graph = Graph(cfg)
+    assert graph.one("exam").spec.sampling.temperature == 0.3
+    figures = run_local(graph, pool, through="dataset")
     assert pool.loads == 0 and all(f["shards_run"] == 2 for f in figures)
     # What each call did is also kept in the manifests, whichever job wrote the shards.
-    for stage, done in zip(pipeline.model_stages(), figures):
+    for stage, done in zip(graph, figures):
+        if stage.name == "dataset":
+            break
         recorded = stage.figures()
         assert recorded["generations"] == done["generations"] > 0
         assert recorded["completion_tokens"] == done["completion_tokens"] > 0
         assert 0 < recorded["engine_seconds"] <= recorded["wall_seconds"] <= done["wall_seconds"]
-    exam = pipeline.exam.results()
+    exam = graph.one("exam").results()
     assert exam.height == 4 and set(exam["verdict"]) <= {"correct", "wrong", "unparseable"}
     assert (exam["completion_tokens"] > 0).all()
     assert exam.filter(pl.col("verdict") != "unparseable")["answer"].null_count() == 0
     mistakes = exam.filter(pl.col("verdict") != "correct").height
-    teach = pl.concat([t.results() for t in pipeline.teaches])
+    teach = pl.concat([t.results() for t in graph.named("teach")])
     assert teach.height == mistakes * 2 * 2 and (teach["completion_tokens"] > 0).all()
     assert teach.filter(pl.col("kind") == "feedback")["prompt"].str.contains("correct final answer is").all()
-    reviews = pl.concat([r.results() for r in pipeline.reviews])
+    reviews = pl.concat([r.results() for r in graph.named("review")])
     assert reviews.height == mistakes * 2 and (reviews["author"] != reviews["reviewer"]).all()
     ok = reviews.filter(pl.col("score_status") == "ok")["score"]
     assert ok.is_between(1, 5).all() and reviews.filter(pl.col("score_status") != "ok")["score"].null_count() == \
         reviews.filter(pl.col("score_status") != "ok").height
-    stats = pipeline.dataset.run()
-    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
+    stats = graph.one("dataset").stats()
+    decisions = pl.read_parquet(graph.one("dataset").decisions_path)
     assert decisions.height == teach.height and stats["rationales"] == mistakes * 2
-    records = pl.read_parquet(pipeline.dataset.records_path)
+    records = pl.read_parquet(graph.one("dataset").records_path)
     accepted = decisions.filter(pl.col("accepted") & (pl.col("kind") == "rationale"))
     assert records.filter(pl.col("kind") == "rationale").height == accepted["question_id"].n_unique()
     assert sum(stats["questions_by_accepted_rationales"].values()) == mistakes
@@ -245,9 +249,9 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     assert first.returncode == 0, first.stderr
     assert "| svamp | tiny-llama |" in first.stdout and "records: 4 rationale, 4 feedback" in first.stdout
     summary = {line["stage"]: line for line in json.loads((run / "summary.json").read_text())}
-    assert list(summary) == ["exam tiny-llama", "teach tiny-teacher", "dataset", "train", "eval base",
-                             "eval distilled"]
-    assert "| eval distilled | 4 |" in first.stdout
+    assert list(summary) == ["exam", "teach/tiny-teacher", "dataset", "train", "eval/base",
+                             "eval/distilled"]
+    assert "| eval/distilled | 4 |" in first.stdout
     result = json.loads((run / "eval" / "results.json").read_text())
     assert result["test_size"] == 4 and result["adapter"] == str(run / "train" / "adapter")
     card = json.loads((run / "train" / "adapter" / "card.json").read_text())
@@ -262,8 +266,8 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     third = subprocess.run(args + ["--no-feedback"], capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr
     assert "trained on other records: starting again" in third.stderr
-    assert "eval base shard 0/1: done, skipped" in third.stderr
-    assert "eval distilled shard 0/1: written by another configuration (adapter_sha256" in third.stderr
+    assert "eval/base shard 0/1: done, skipped" in third.stderr
+    assert "eval/distilled shard 0/1: written by another configuration (adapter_sha256" in third.stderr
     assert "records: 4 rationale, 0 feedback" in third.stdout
 
     # A second round: the trained student retakes the exam with its adapter and training goes on
@@ -290,56 +294,56 @@ def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(c
     teacher that writes nothing: every row is kept, and the summary counts each kind of loss."""
     from batch.summary import run_summary, write_summary
 
-    pipeline = Pipeline(cfg)
-    gold_of = {q.text: q.gold for q in pipeline.exam.questions}
+    graph = Graph(cfg)
+    gold_of = {q.text: q.gold for q in graph.one("exam").questions}
     scripts = _committee_scripts(gold_of)
     answers = iter(["", "\ufffd\ufffd@@ \x00", "The answer is 999999.", "", "###", "The answer is 1."] * 2)
     scripts["smollm2-135m-instruct"] = Script(lambda text: next(answers))
     scripts["demo-teacher-c"] = Script(lambda text: "")
-    pipeline.run_local(ScriptedPool(scripts), through="dataset")
-    lines = {line["stage"]: line for line in run_summary(pipeline)}
-    exam = pipeline.exam.results()
+    run_local(graph, ScriptedPool(scripts), through="dataset")
+    lines = {line["stage"]: line for line in run_summary(graph)}
+    exam = graph.one("exam").results()
     assert exam.height == 6 and "\ufffd\ufffd@@ \x00" in exam["completion"].to_list()
-    assert lines["exam smollm2-135m-instruct"] | {"note": ""} == {
-        "stage": "exam smollm2-135m-instruct", "rows": 6, "prompt_too_long": 0, "hit_max_tokens": 0, "empty": 2,
+    assert lines["exam"] | {"note": ""} == {
+        "stage": "exam", "rows": 6, "prompt_too_long": 0, "hit_max_tokens": 0, "empty": 2,
         "parse_failures": int((exam["verdict"] == "unparseable").sum()), "note": ""}
     mistakes = exam.filter(pl.col("verdict") != "correct").height
-    assert lines["teach demo-teacher-c"]["empty"] == lines["teach demo-teacher-c"]["rows"] == 2 * mistakes
-    assert lines["teach demo-teacher-c"]["parse_failures"] == mistakes          # its rationales hold no answer
-    assert lines["review demo-teacher-c"]["parse_failures"] == lines["review demo-teacher-c"]["rows"] == 2 * mistakes
-    decisions = pl.read_parquet(pipeline.dataset.decisions_path)
-    assert decisions.height == sum(lines[f"teach demo-teacher-{k}"]["rows"] for k in "abc") == 6 * mistakes
+    assert lines["teach/demo-teacher-c"]["empty"] == lines["teach/demo-teacher-c"]["rows"] == 2 * mistakes
+    assert lines["teach/demo-teacher-c"]["parse_failures"] == mistakes          # its rationales hold no answer
+    assert lines["review/demo-teacher-c"]["parse_failures"] == lines["review/demo-teacher-c"]["rows"] == 2 * mistakes
+    decisions = pl.read_parquet(graph.one("dataset").decisions_path)
+    assert decisions.height == sum(lines[f"teach/demo-teacher-{k}"]["rows"] for k in "abc") == 6 * mistakes
     assert "mistaken questions dropped" in lines["dataset"]["note"] and "train" not in lines
-    text = write_summary(pipeline)
-    assert (cfg.run_dir / "summary.md").read_text() == text and "| teach demo-teacher-c | " in text
+    text = write_summary(graph)
+    assert (cfg.run_dir / "summary.md").read_text() == text and "| teach/demo-teacher-c | " in text
 
 
 def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_path, monkeypatch):
     """A policy, a teacher's model path, a review prompt or the seed: the plan names the stages
     that will run again and why, and keeps every other one."""
-    from batch.pipeline import format_plan
+    from batch.graph import format_plan
     from batch.prompts import load_prompt, prompts_dir
     from local_teachers.registry import load_spec
 
     _run(cfg)
 
     def todo(changed):
-        plan = dict(Pipeline(changed).plan())
+        plan = dict(Graph(changed).plan())
         return {label for label, reason in plan.items() if reason}, plan
 
-    later = {"train", "eval distilled"}           # never trained in these tests
+    later = {"train", "eval/distilled"}           # never trained in these tests
     redo, plan = todo(cfg)
-    assert redo == later | {"eval base"}
+    assert redo == later | {"eval/base"}
     redo, plan = todo(replace(cfg, policy_overrides=(("threshold", 4.0),)))
-    assert redo == later | {"eval base", "dataset"} and "threshold" in plan["dataset"]
+    assert redo == later | {"eval/base", "dataset"} and "threshold" in plan["dataset"]
 
     spec = yaml.safe_load(open(load_spec("demo-teacher-b").source))
     spec["path"] = str(tmp_path)
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
     redo, plan = todo(replace(cfg, teachers=("demo-teacher-a", str(tmp_path / "b.yaml"), "demo-teacher-c")))
-    reviews = {f"review demo-teacher-{k}" for k in "abc"}
-    assert redo == later | {"eval base", "dataset", "teach demo-teacher-b"} | reviews
-    assert plan["teach demo-teacher-b"].startswith("2/2 shards written by another configuration (model_identity")
+    reviews = {f"review/demo-teacher-{k}" for k in "abc"}
+    assert redo == later | {"eval/base", "dataset", "teach/demo-teacher-b"} | reviews
+    assert plan["teach/demo-teacher-b"].startswith("2/2 shards written by another configuration (model_identity")
 
     prompts = tmp_path / "prompts"
     shutil.copytree(prompts_dir(), prompts)
@@ -351,11 +355,11 @@ def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_pat
     finally:
         monkeypatch.undo()
         load_prompt.cache_clear()
-    assert redo == later | {"eval base", "dataset"} | reviews and "prompts_sha256" in plan["review demo-teacher-a"]
+    assert redo == later | {"eval/base", "dataset"} | reviews and "prompts_sha256" in plan["review/demo-teacher-a"]
 
     redo, plan = todo(replace(cfg, seed=1))
-    assert redo == set(plan) and "seed: 731 -> 1" in plan["exam smollm2-135m-instruct"]
-    assert "exam smollm2-135m-instruct: to do, 2/2 shards written by another configuration" in format_plan(plan.items())
+    assert redo == set(plan) and "seed: 731 -> 1" in plan["exam"]
+    assert "exam: to do, 2/2 shards written by another configuration" in format_plan(plan.items())
 
 
 def test_a_stage_refuses_missing_inputs_before_loading_its_model(cfg):
@@ -365,8 +369,8 @@ def test_a_stage_refuses_missing_inputs_before_loading_its_model(cfg):
         def get(self, spec):
             raise AssertionError(f"{spec.name} was loaded")
 
-    pipeline = Pipeline(cfg)
-    with pytest.raises(StaleShardError, match="not written yet; run the exam"):
-        pipeline.teaches[0].run(pool=NoLoading())
-    with pytest.raises(StaleShardError, match="not written yet; run the exam"):
-        pipeline.reviews[0].run(pool=NoLoading())
+    graph = Graph(cfg)
+    with pytest.raises(StaleShardError, match=r"waits for exam shard 0 \(not written yet\); run that stage first"):
+        graph.named("teach")[0].run(pool=NoLoading())
+    with pytest.raises(StaleShardError, match=r"waits for exam shard 0 \(not written yet\); run that stage first"):
+        graph.named("review")[0].run(pool=NoLoading())

@@ -19,7 +19,8 @@ from PIL import Image
 
 from batch.cli import main
 from batch.config import RunConfig
-from batch.pipeline import Pipeline
+from batch.graph import Graph
+from batch.local import run_local
 from batch.report import write_report
 from local_teachers.engine import Completion, Usage
 
@@ -69,10 +70,10 @@ class Model:
 
 
 class ScriptedPool:
-    def __init__(self, pipeline):
-        questions = pipeline.exam.questions + pipeline.eval_base.questions
+    def __init__(self, graph):
+        questions = graph.one("exam").questions + graph["eval/base"].questions
         self.gold = {q.text: q.gold for q in questions}
-        self.test = [q.text for q in pipeline.eval_base.questions]
+        self.test = [q.text for q in graph["eval/base"].questions]
         self.models = {}
         self.loads = 0
 
@@ -107,8 +108,8 @@ def _cli_args(run_dir, registry):
 def through_dataset(registry, tmp_path_factory):
     """A run with exam, teach, review and dataset done."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    pipeline = Pipeline(_cfg(run_dir, registry))
-    pipeline.run_local(ScriptedPool(pipeline), through="dataset")
+    graph = Graph(_cfg(run_dir, registry))
+    run_local(graph, ScriptedPool(graph), through="dataset")
     return run_dir
 
 
@@ -122,14 +123,14 @@ def _pngs(page: str) -> list[Image.Image]:
 
 
 def test_a_partial_run_reports_what_exists_and_names_what_is_missing(through_dataset, registry, tmp_path):
-    empty = write_report(Pipeline(_cfg(tmp_path / "empty", registry)), 1000.0).read_text()
+    empty = write_report(Graph(_cfg(tmp_path / "empty", registry)), 1000.0).read_text()
     for missing in ("eval not run yet", "review not run yet", "dataset not written yet", "train not run yet",
                     "exam not run yet", "eval distilled: no adapter yet"):
         assert missing in empty
     assert "data:image/png" not in empty
 
-    pipeline = Pipeline(_cfg(through_dataset, registry))
-    page = write_report(pipeline, 1000.0).read_text()
+    graph = Graph(_cfg(through_dataset, registry))
+    page = write_report(graph, 1000.0).read_text()
     assert "eval not run yet" in page and "train not run yet: not trained yet" in page
     # Heatmap, one histogram panel per reviewer, questions by accepted rationales, per teacher.
     images = _pngs(page)
@@ -139,15 +140,15 @@ def test_a_partial_run_reports_what_exists_and_names_what_is_missing(through_dat
     assert "accepted rationales per teacher: tiny-teacher-a 4/4, tiny-teacher-b 0/4, tiny-teacher-c 4/4" in page
     assert "questions by number of accepted rationales: 0: 0, 1: 0, 2: 4, 3: 0" in page
     # An example: the question, the student's wrong answer, escaped feedback, scored rationale.
-    exam = pipeline.exam.results()
+    exam = graph.one("exam").results()
     assert html.escape(exam["question"][0]) in page and "The answer is 999999." in page
     assert html.escape(FEEDBACK) in page and FEEDBACK not in page
     assert re.search(r"scores: tiny-teacher-\w \d, tiny-teacher-\w \d; mean \d\.\d", page)
     # Timings from the manifests, and the full-size estimate: svamp's 700 train questions are
     # 175 x this run's 4, so the exam's 4 generations become 700, each teacher's 8 become 1,400.
-    assert re.search(r"<td>exam tiny-llama</td><td>2/2</td><td>4</td>", page)
-    assert re.search(r"<td>exam tiny-llama</td><td>700</td>", page)
-    assert len(re.findall(r"<td>teach tiny-teacher-\w</td><td>1,400</td>", page)) == 3
+    assert re.search(r"<td>exam</td><td>2/2</td><td>4</td>", page)
+    assert re.search(r"<td>exam</td><td>700</td>", page)
+    assert len(re.findall(r"<td>teach/tiny-teacher-\w</td><td>1,400</td>", page)) == 3
     assert "1,000 tokens/s" in page
 
 
@@ -157,12 +158,12 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
         pytest.fail("chromium is not installed: apt-get install -y --no-install-recommends chromium (.ci/run does)")
     run_dir = tmp_path / "run"
     shutil.copytree(through_dataset, run_dir)
-    pipeline = Pipeline(_cfg(run_dir, registry))
-    pipeline.train.run()                       # real QLoRA on the tiny model
-    pool = ScriptedPool(pipeline)
-    for stage in (pipeline.eval_base, pipeline.eval_distilled()):
+    graph = Graph(_cfg(run_dir, registry))
+    graph.one("train").run()                       # real QLoRA on the tiny model
+    pool = ScriptedPool(graph)
+    for stage in (graph["eval/base"], graph["eval/distilled"]):
         stage.run(pool=pool)
-    pipeline.results()
+    graph.results()
 
     result = CliRunner().invoke(main, ["report", *_cli_args(run_dir, registry), "--tokens-per-second", "500"])
     assert result.exit_code == 0, result.output
@@ -173,7 +174,7 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
     assert (results["base_accuracy"], results["distilled_accuracy"]) == (0.25, 0.75)
     assert "<td>this run</td><td>tiny-llama</td><td>4</td><td>25.0%</td><td>75.0%</td>" in page
     assert "<td>44.71%</td><td>59.50%</td>" in page and "arXiv 2410.03663" in page
-    card = json.loads((pipeline.train.adapter / "card.json").read_text())
+    card = json.loads((graph.one("train").adapter / "card.json").read_text())
     assert f"<td>steps</td><td>{card['steps']}</td>" in page and 'class="missing"' not in page
     assert re.search(r"<td>eval distilled</td><td>300</td>", page) and "500 tokens/s" in page
     assert len(_pngs(page)) == 4

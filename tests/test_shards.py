@@ -45,13 +45,13 @@ def test_read_stage_refuses_missing_and_stale_shards(tmp_path):
     _write(tmp_path, 0, 3)
     _write(tmp_path, 1, 3, identity={**IDENTITY, "seed": 1})
     with pytest.raises(StaleShardError) as err:
-        read_stage(tmp_path, 3, IDENTITY)
+        read_stage(tmp_path, 3, lambda i: IDENTITY)
     message = str(err.value)
     assert "shard-00001-of-00003.parquet: written by another configuration (seed: 1 -> 731)" in message
     assert "shard-00002-of-00003.parquet: not written yet" in message
     _write(tmp_path, 1, 3)
     _write(tmp_path, 2, 3)
-    df = read_stage(tmp_path, 3, IDENTITY)
+    df = read_stage(tmp_path, 3, lambda i: IDENTITY)
     assert df["question_id"].to_list()[:4] == ["q0-0", "q0-1", "q0-2", "q1-0"] and df.height == 9
 
 

@@ -1,5 +1,5 @@
 """The SLURM executor: job scripts and refusals (no cluster needed), then a real one-node cluster
-on localhost (tests/slurm_cluster.py) running the pipeline with the tiny model: the same outputs
+on localhost (tests/slurm_cluster.py) running the graph with the tiny model: the same outputs
 as the local executor, a failed shard with its dependents cancelled and a rerun of only what is
 missing, fake GPUs, and the time-limit signal that requeues a task."""
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from batch.config import RunConfig
-from batch.pipeline import Pipeline
+from batch.graph import Graph
+from batch.local import run_local
 from batch.shards import manifest_path
 from slurm.jobs import array_spec, parse_array
 from slurm.submit import SlurmOptions, SubmitError, cfg_to_args, prepare, submit, time_seconds
@@ -76,8 +77,8 @@ def test_run_options_round_trip(tmp_path, tiny_spec_file):
 
     @click.command()
     @run_options
-    def probe(pipeline, shards):
-        seen["cfg"] = pipeline.cfg
+    def probe(graph, shards):
+        seen["cfg"] = graph.cfg
 
     probe.main(cfg_to_args(cfg), standalone_mode=False)
     assert seen["cfg"] == cfg
@@ -96,7 +97,7 @@ def test_dry_run_writes_a_readable_rerunnable_script(tmp_path, tiny_spec_file):
                  slurm={"cpus": 8, "mem": "64G", "time": "12:00:00", "extra": ["--constraint=a100"]})
     cfg = _cfg(tmp_path / "run", str(tiny_spec_file), [big, str(tiny_spec_file)])
     opts = SlurmOptions(partition="gpu", account="proj-1", qos="normal", gpus_per_node=4, dry_run=True)
-    planned = {p.job.key: p for p in submit(Pipeline(cfg), opts)}
+    planned = {p.job.key: p for p in submit(Graph(cfg), opts)}
     assert list(planned) == ["exam-tiny-llama", "teach-tiny-big", "teach-tiny-llama", "review-tiny-big",
                              "review-tiny-llama", "dataset", "train", "eval-tiny-llama", "eval-distilled"]
     assert "--variant distilled" in (tmp_path / "run" / "slurm" / "eval-distilled.sbatch").read_text()
@@ -123,7 +124,7 @@ def test_dry_run_writes_a_readable_rerunnable_script(tmp_path, tiny_spec_file):
 def test_unsafe_run_dir_is_refused(tmp_path, tiny_spec_file, run_name):
     cfg = _cfg(tmp_path / run_name, str(tiny_spec_file), [str(tiny_spec_file)])
     with pytest.raises(SubmitError, match="run directory .* unsafe"):
-        prepare(Pipeline(cfg), SlurmOptions(gpus_per_node=0, dry_run=True))
+        prepare(Graph(cfg), SlurmOptions(gpus_per_node=0, dry_run=True))
 
 
 def test_unsafe_model_name_missing_model_and_too_many_gpus_are_refused(tmp_path, tiny_spec_file):
@@ -131,17 +132,17 @@ def test_unsafe_model_name_missing_model_and_too_many_gpus_are_refused(tmp_path,
     opts = SlurmOptions(gpus_per_node=2, dry_run=True)
     bad = _model(tmp_path, tiny_spec_file, "x;rm -rf ~")
     with pytest.raises(SubmitError, match="model name 'x;rm -rf ~' .* unsafe"):
-        prepare(Pipeline(_cfg(tmp_path / "a", student, [bad])), opts)
+        prepare(Graph(_cfg(tmp_path / "a", student, [bad])), opts)
     gone = _model(tmp_path, tiny_spec_file, "tiny-gone", path=str(tmp_path / "no-such-model"))
-    with pytest.raises(SubmitError, match="teach tiny-gone: .*no model folder"):
-        prepare(Pipeline(_cfg(tmp_path / "b", student, [gone])), opts)
+    with pytest.raises(SubmitError, match="teach/tiny-gone: .*no model folder"):
+        prepare(Graph(_cfg(tmp_path / "b", student, [gone])), opts)
     four = _model(tmp_path, tiny_spec_file, "tiny-four", gpus=4)
     with pytest.raises(SubmitError, match=r"asks for 4 GPU\(s\) on one node .* at most 2 \(--gpus-per-node\)"):
-        prepare(Pipeline(_cfg(tmp_path / "c", student, [four])), opts)
+        prepare(Graph(_cfg(tmp_path / "c", student, [four])), opts)
     with pytest.raises(SubmitError, match="partition 'a b'"):
-        prepare(Pipeline(_cfg(tmp_path / "d", student, [student])), SlurmOptions(partition="a b", dry_run=True))
-    with pytest.raises(SubmitError, match="needs exam tiny-llama, which is not done"):
-        prepare(Pipeline(_cfg(tmp_path / "e", student, [student])),
+        prepare(Graph(_cfg(tmp_path / "d", student, [student])), SlurmOptions(partition="a b", dry_run=True))
+    with pytest.raises(SubmitError, match="needs exam, which is not done"):
+        prepare(Graph(_cfg(tmp_path / "e", student, [student])),
                 SlurmOptions(gpus_per_node=0, stages=("teach", "dataset"), dry_run=True))
     for folder in "abcde":
         assert not (tmp_path / folder / "slurm").exists()
@@ -245,7 +246,7 @@ def test_failed_shard_cancels_dependents_and_a_rerun_does_only_what_is_missing(e
     assert status["dependents_cancelled"] == 4 and not status["done"]
     assert jobs["eval-tiny-llama"]["shards_done"] == 2
     text = _slurm_cli(env, "status", "--run-dir", str(run)).stdout
-    assert re.search(r"teach tiny-t\s+shards 1/2 done\s+jobs: 1 completed, 1 failed", text), text
+    assert re.search(r"teach/tiny-t\s+shards 1/2 done\s+jobs: 1 completed, 1 failed", text), text
     assert f"shard 1 FAILED (job {failed[0]['job']}, exit 1:0, NonZeroExitCode): log {failed[0]['log']}" in text
     assert "dependency never satisfied" in text and "4 dependent(s) cancelled" in text
 
@@ -256,7 +257,7 @@ def test_failed_shard_cancels_dependents_and_a_rerun_does_only_what_is_missing(e
     (blocker / "in-the-way").rmdir()
     blocker.rmdir()
     out = _slurm_cli(env, "submit", *args).stdout
-    assert out.startswith("teach tiny-t: job ") and "(array 1 of 2)" in out and "exam" not in out
+    assert out.startswith("teach/tiny-t: job ") and "(array 1 of 2)" in out and "exam" not in out
     assert "dataset: job" in out
     status = _wait(env, run)
     assert status["done"], status

@@ -2,9 +2,17 @@
 
     from training import TrainConfig, train
     adapter_dir = train(TrainConfig(base_model=..., records="runs/.../dataset/records.parquet", out_dir=...))
+
+Importing the package is light (no torch): the configuration is checked before any work.
 """
-from .config import PRESETS, TrainConfig, preset
-from .data import RecordsError
-from .loop import train
+from .config import PRESETS, RecordsError, TrainConfig, preset
+
+
+def train(cfg: TrainConfig):
+    """Train (or resume, or return the finished adapter of ``cfg``); see training.loop."""
+    from .loop import train as run
+
+    return run(cfg)
+
 
 __all__ = ["PRESETS", "RecordsError", "TrainConfig", "preset", "train"]

@@ -8,6 +8,10 @@ from pathlib import Path
 SCHEDULES = ("constant", "cosine")
 
 
+class RecordsError(ValueError):
+    """The records file cannot be trained on; the message says why."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     base_model: str            # path to the student's model folder

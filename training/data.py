@@ -16,15 +16,13 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from .config import RecordsError
+
 KINDS = ("feedback", "rationale")   # index 0 = feedback (weight alpha), 1 = rationale (1 - alpha)
 REQUIRED = ("record_id", "question_id", "kind", "prompt", "response")
 IGNORE = -100
 MEGA_BATCH = 50     # length grouping sorts within chunks of MEGA_BATCH * batch_size examples
 _SENTINEL = "\x00MAPD-RESPONSE\x00"
-
-
-class RecordsError(ValueError):
-    """The records file cannot be trained on; the message says why."""
 
 
 def load_records(path: str | Path) -> pl.DataFrame:

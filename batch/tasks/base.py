@@ -8,7 +8,6 @@ data file. All three routes end in the task's single row -> Question converter.
 """
 from __future__ import annotations
 
-import enum
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -16,17 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import grading
+from .grading import Graded, Verdict
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SPLITS = ("train", "test")
 
 # Local data files handed to `datasets` directly, by suffix -> builder name.
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-class Verdict(str, enum.Enum):
-    CORRECT = "correct"
-    WRONG = "wrong"
-    UNPARSEABLE = "unparseable"
 
 
 class DataError(ValueError):
@@ -63,12 +59,6 @@ class Question:
     text: str  # exactly what a model is shown
     gold: str  # canonical gold answer (see each task)
     options: tuple[str, ...] = ()  # choice tasks only, without letter prefixes
-
-
-@dataclass(frozen=True)
-class Graded:
-    answer: str | None  # canonical extracted answer, None when nothing was found
-    verdict: Verdict
 
 
 # ---------------------------------------------------------------- field access
@@ -198,8 +188,6 @@ class Task:
         return [self.from_row(row, i, label, split) for i, row in enumerate(rows)]
 
     def grade(self, completion: str, question: Question) -> Graded:
-        from . import grading  # grading imports this module, so import late
-
         if self.family == "math":
             return grading.grade_number(completion, question.gold)
         if self.family == "yesno":

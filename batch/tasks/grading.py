@@ -8,12 +8,25 @@ reasoning: a completion with no usable answer is UNPARSEABLE.
 """
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from .base import Graded, Verdict
+
+class Verdict(str, enum.Enum):
+    CORRECT = "correct"
+    WRONG = "wrong"
+    UNPARSEABLE = "unparseable"
+
+
+@dataclass(frozen=True)
+class Graded:
+    answer: str | None  # canonical extracted answer, None when nothing was found
+    verdict: Verdict
+
 
 # "answer is", "final answer:", "answer would be", "答案是", ... then ####, \boxed{.
 _ANSWER_WORDS = (r"\banswer\b\s*(?:is\b|would\s+be\b|should\s+be\b|:|：|=)"

@@ -11,6 +11,7 @@ from local_teachers.registry import load_spec
 from .config import RunConfig
 from .exam import StudentAnswers, with_lora
 from .shards import atomic_write
+from .stage import Stage
 
 VARIANTS = ("base", "distilled")
 
@@ -19,7 +20,9 @@ class Eval(StudentAnswers):
     name = "eval"
     split = "test"
 
-    def __init__(self, cfg: RunConfig, variant: str, adapter: Path | None = None):
+    def __init__(self, cfg: RunConfig, variant: str, adapter: Path | None = None, needs: list[Stage] = ()):
+        """``adapter``: the peft LoRA folder the distilled variant answers with; ``needs``: the
+        stage that writes it."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown eval variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if (variant == "distilled") != (adapter is not None):
@@ -28,13 +31,19 @@ class Eval(StudentAnswers):
         # Greedy, so the numbers repeat; both variants share one engine, so LoRA is on for both.
         spec = with_lora(dataclasses.replace(
             spec, sampling=dataclasses.replace(spec.sampling, temperature=0.0, top_p=1.0)))
-        super().__init__(cfg, spec, Path(cfg.run_dir) / "eval" / variant)
+        super().__init__(cfg, list(needs), spec, Path(cfg.run_dir) / "eval" / variant, part=variant,
+                         adapter=str(adapter) if adapter else None)
         self.variant = variant
-        self.adapter = str(adapter) if adapter else None
-        self.label = f"eval {variant}"
 
-    def identity(self) -> dict:
-        return {**super().identity(), "variant": self.variant}
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        """Base and distilled; a later round (``init_adapter``) compares with round 1's base."""
+        train = graph.one("train")
+        distilled = cls(graph.cfg, "distilled", train.adapter, needs=[train])
+        return [distilled] if graph.cfg.init_adapter else [cls(graph.cfg, "base"), distilled]
+
+    def settings(self) -> dict:
+        return {**super().settings(), "variant": self.variant}
 
 
 def results_table(base: Eval, distilled: Eval, round_: int = 1) -> dict:

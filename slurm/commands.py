@@ -1,11 +1,5 @@
-"""`mapd submit` and `mapd status`: the SLURM executor's commands.
-
-batch/cli.py registers them with one line at its end:
-
-    from slurm.cli import register; register(main)  # noqa: E402
-
-They also run without it: ``python -m slurm.cli submit ...`` / ``python -m slurm.cli status ...``.
-"""
+"""`mapd submit` and `mapd status`: the SLURM executor's commands (``COMMANDS``, added to the
+`mapd` group by mapd/cli.py)."""
 from __future__ import annotations
 
 import json
@@ -13,40 +7,26 @@ from pathlib import Path
 
 import click
 
-_groups: list[click.Group] = []
+from batch.graph import NAMES
+from batch.options import run_options, user_errors
+
+from .resources import SlurmOptions
 
 
-def register(group: click.Group) -> None:
-    """Add `submit` and `status` to ``group`` (the `mapd` command group). Safe to call while this
-    module is still being imported (batch.cli imports it at its end): the commands are added as
-    soon as they exist."""
-    _groups.append(group)
-    _attach()
-
-
-def _attach() -> None:
-    commands = [globals().get(name) for name in ("submit", "status")]
-    if all(isinstance(c, click.Command) for c in commands):
-        for group in _groups:
-            for command in commands:
-                group.add_command(command)
-
-
-from batch.cli import run_options  # noqa: E402  (after register: batch.cli may import this module)
-
-from .submit import STAGES, SlurmOptions, SubmitError, submit as _submit  # noqa: E402
-
-
-def _stages(value: str) -> tuple[str, ...]:
+def _stages(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
     stages = tuple(s.strip() for s in value.split(",") if s.strip())
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in NAMES]
     if unknown:
-        raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}", param_hint="--stages")
+        raise click.BadParameter(f"unknown stage(s) {unknown}; choose from {', '.join(NAMES)}", param_hint="--stages")
     return stages
 
 
 @click.command()
-@run_options
+@run_options(writes=True)
+@click.option("--shard", type=click.IntRange(min=0), default=None,
+              help="submit only this shard of each sharded stage (and no stage that reads every shard)")
 @click.option("--partition", default=None,
               help="SLURM partition of every job [default: the model's, else the cluster's]")
 @click.option("--account", default=None, help="SLURM account to charge")
@@ -63,25 +43,26 @@ def _stages(value: str) -> tuple[str, ...]:
               help="seconds before the time limit at which a task stops and requeues itself")
 @click.option("--max-requeues", type=click.IntRange(min=0), default=3, show_default=True,
               help="times a task may requeue itself before it gives up")
-@click.option("--stages", "stage_list", default=",".join(STAGES), show_default=True,
-              help="submit only these stages (their inputs must be done or submitted with them)")
+@click.option("--stages", "stage_list", default=None,
+              help=f"submit only these kinds of stage ({','.join(NAMES)}); their inputs must be done or "
+                   "submitted with them [default: all]")
 @click.option("--array-limit", type=click.IntRange(min=1), default=None, help="run at most N tasks of an array at once")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True,
               help="extra sbatch option for every job, e.g. --constraint=a100")
 @click.option("--dry-run", is_flag=True, help="write the scripts and show what would be submitted; submit nothing")
-def submit(pipeline, shards, partition, account, qos, time_limit, mem, cpus, gpus_per_node, signal_lead, max_requeues,
+def submit(graph, shard, partition, account, qos, time_limit, mem, cpus, gpus_per_node, signal_lead, max_requeues,
            stage_list, array_limit, sbatch_args, dry_run):
-    """Submit the pipeline to SLURM: one array job per stage x model over the shards not done,
-    chained with afterok; scripts in <run dir>/slurm/, logs in <run dir>/logs/."""
+    """Submit the run to SLURM: one array job per stage over the shards not done, chained with
+    afterok; each task runs `mapd run-stage` from the run's config.yaml. Scripts in
+    <run dir>/slurm/, logs in <run dir>/logs/."""
+    from .submit import submit as submit_jobs
+
     opts = SlurmOptions(partition=partition, account=account, qos=qos, time=time_limit, mem=mem, cpus=cpus,
                         gpus_per_node=gpus_per_node, signal_lead=signal_lead, max_requeues=max_requeues,
                         stages=_stages(stage_list), array_limit=array_limit, sbatch_args=tuple(sbatch_args),
                         dry_run=dry_run)
-    try:
-        planned = _submit(pipeline, opts, shards)
-    except SubmitError as e:
-        raise click.ClickException(str(e)) from e
-    run_dir = pipeline.cfg.run_dir
+    planned = submit_jobs(graph, opts, None if shard is None else [shard])
+    run_dir = graph.cfg.run_dir
     if not planned:
         click.echo(f"nothing to submit: every selected stage of {run_dir} is done")
         return
@@ -104,34 +85,20 @@ def submit(pipeline, shards, partition, account, qos, time_limit, mem, cpus, gpu
 @click.option("--wait", is_flag=True, help="wait until no job is pending or running")
 @click.option("--interval", type=float, default=5.0, show_default=True, help="seconds between checks with --wait")
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+@user_errors
 def status(task, run_dir, wait, interval, as_json):
-    """Shards done and SLURM jobs per stage of a submitted run: pending, running, failed (with
-    their logs), and dependents cancelled."""
+    """Shards done per stage of a run (from its outputs), and for a run submitted to SLURM its
+    jobs: pending, running, failed (with their logs), and dependents cancelled."""
     from .status import format_status, run_status, wait_for
 
     if run_dir is None:
         if task is None:
             raise click.UsageError("give --run-dir, or --task for runs/<task>/default")
         run_dir = Path("runs") / task / "default"
-    try:
-        result = wait_for(run_dir, interval) if wait else run_status(run_dir)
-    except (SubmitError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+    result = wait_for(run_dir, interval) if wait else run_status(run_dir)
     click.echo(json.dumps(result, indent=2) if as_json else format_status(result))
     if wait and not result["done"] and (result["counts"]["failed"] or result["counts"]["cancelled"]):
         raise SystemExit(1)
 
 
-_attach()
-
-
-@click.group()
-def cli():
-    """SLURM executor of MAPD (also `mapd submit` / `mapd status` once registered)."""
-
-
-cli.add_command(submit)
-cli.add_command(status)
-
-if __name__ == "__main__":
-    cli()
+COMMANDS = [submit, status]

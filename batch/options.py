@@ -1,0 +1,139 @@
+"""The run options every command that works on a run takes, and how they meet the run's saved
+configuration: the first command that does work writes ``<run>/config.yaml``; every later
+command reads it, so ``--run-dir`` alone is enough. An option given that differs from the saved
+setting is refused, naming each difference, unless ``--reconfigure`` is given."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from local_teachers.engine import go_offline
+
+from .graph import Graph
+from .config import CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, PAPER_SEED, SELECTIONS, ConfigError, RunConfig
+from .shards import StaleShardError
+
+# Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
+POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
+TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps")
+# Errors a user can act on: one clear line, no traceback (a full disk names its file).
+USER_ERRORS = (OSError, ValueError, KeyError, StaleShardError)
+
+
+def setup_logging(run_dir: Path | None, verbose: bool = False) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "logs" / "mapd.log"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+
+def user_errors(f):
+    """Report the errors a user can act on as one line."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    return wrapper
+
+
+def _given(values: dict) -> dict:
+    """The RunConfig fields the options set (an option left out sets nothing)."""
+    given = {k: values[k] for k in ("task", "student", "engine", "data", "limit", "seed", "num_shards", "policy",
+                                    "selection", "train_preset") if values[k] is not None}
+    if values["teachers"] is not None:
+        given["teachers"] = tuple(t.strip() for t in values["teachers"].split(",") if t.strip())
+    if values["no_feedback"]:
+        given["feedback"] = False
+    for field, names in (("policy_overrides", POLICY_OPTIONS), ("train_overrides", TRAIN_OPTIONS)):
+        overrides = {k: values[k] for k in names if values[k] is not None}
+        if overrides:
+            given[field] = overrides
+    return given
+
+
+def resolve(run_dir: Path | None, given: dict, reconfigure: bool) -> RunConfig:
+    """The run's configuration: the saved one (options must agree with it unless
+    ``reconfigure``), or for a new run the options over the defaults."""
+    task = given.get("task")
+    if run_dir is None:
+        if task is None:
+            raise click.UsageError("give --run-dir, or --task for runs/<task>/default")
+        run_dir = Path("runs") / task / "default"
+    if not (run_dir / CONFIG_FILE).is_file():
+        if task is None:
+            raise click.UsageError(f"{run_dir / CONFIG_FILE} does not exist: give --task to start a new run there")
+        return RunConfig.from_dict(given, run_dir)
+    saved = RunConfig.load(run_dir)
+    merged = {**saved.to_dict(), **given}
+    for field in ("policy_overrides", "train_overrides"):
+        merged[field] = {**getattr(saved, field), **given.get(field, {})}
+    wanted = RunConfig.from_dict(merged, run_dir)
+    changed = saved.differences(wanted)
+    if changed and not reconfigure:
+        raise ConfigError(f"{saved.path} holds this run's configuration, and options given differ from it: "
+                          f"{'; '.join(changed)}. Leave them out to use the saved settings, or add --reconfigure "
+                          "to change them (`mapd plan --reconfigure ...` shows which stages would be redone)")
+    return wanted
+
+
+def run_options(*, writes: bool):
+    """The options of a run. The command gets the run's stage graph (``graph.cfg`` is its
+    RunConfig), whose configuration is saved first when ``writes`` (a command that does work,
+    once its models and settings are known to be valid); plan and report never write it."""
+    def decorate(f):
+        @click.option("--task", default=None, help="gsm8k | svamp | strategyqa | logiqa [a new run: required]")
+        @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                      help="run directory [default: runs/<task>/default]")
+        @click.option("--student", default=None, help=f"student model: registry name or YAML path [{DEFAULT_STUDENT}]")
+        @click.option("--teachers", default=None, help="comma-separated committee: registry names or YAML paths; "
+                      f"one = no peer review [{','.join(DEMO_COMMITTEE)}]")
+        @click.option("--engine", type=click.Choice(ENGINES), default=None, help="override every model's registry engine")
+        @click.option("--data", default=None, help="task data: a folder of the original files, a data file, "
+                      "or a hub dataset id [default: bundled]")
+        @click.option("--limit", type=click.IntRange(min=1), default=None, help="use the first N questions")
+        @click.option("--seed", type=int, default=None, help=f"[{PAPER_SEED}]")
+        @click.option("--num-shards", type=click.IntRange(min=1), default=None, help="[1]")
+        @click.option("--policy", default=None, help="acceptance preset: default | paper [default]")
+        @click.option("--threshold", type=float, default=None, help="accept when the mean score is above this")
+        @click.option("--min-reviews", type=int, default=None, help="fewest valid reviews to accept")
+        @click.option("--answer-check/--no-answer-check", default=None,
+                      help="require a rationale's own final answer to equal gold")
+        @click.option("--review-feedback/--no-review-feedback", default=None, help="peer-review the feedback too")
+        @click.option("--invalid-as", type=int, default=None,
+                      help="count a review without a usable score as this score [default: drop it]")
+        @click.option("--selection", type=click.Choice(SELECTIONS), default=None,
+                      help="paper: one accepted rationale and one feedback per question; all: every accepted one [paper]")
+        @click.option("--no-feedback", is_flag=True, default=None, help="the no-feedback ablation: rationales only")
+        @click.option("--train-preset", type=click.Choice(["qlora", "paper"]), default=None, help="[qlora]")
+        @click.option("--alpha", type=float, default=None, help="weight of the feedback loss [preset: 0.5]")
+        @click.option("--epochs", type=int, default=None)
+        @click.option("--learning-rate", type=float, default=None)
+        @click.option("--batch-size", type=int, default=None)
+        @click.option("--max-length", type=int, default=None)
+        @click.option("--lora-r", type=int, default=None)
+        @click.option("--max-steps", type=int, default=None, help="stop training after this many steps")
+        @click.option("--reconfigure", is_flag=True, help="change settings saved in the run's config.yaml")
+        @click.option("-v", "--verbose", is_flag=True)
+        @functools.wraps(f)
+        @user_errors
+        def wrapper(run_dir, reconfigure, verbose, **values):
+            names = ("task", "student", "teachers", "engine", "data", "limit", "seed", "num_shards", "policy",
+                     "selection", "no_feedback", "train_preset", *POLICY_OPTIONS, *TRAIN_OPTIONS)
+            given = _given({k: values.pop(k) for k in names})
+            cfg = resolve(run_dir, given, reconfigure)
+            setup_logging(cfg.run_dir if writes else None, verbose)
+            go_offline()
+            graph = Graph(cfg)
+            if writes:
+                cfg.save()
+            return f(graph, **values)
+        return wrapper
+    return decorate

@@ -1,0 +1,114 @@
+"""TRAIN as a stage of a run: QLoRA on the dataset's records (training/ does the work), the
+adapter in <run>/train/adapter. training.train resumes from its last checkpoint and returns
+at once when the adapter of this exact config and records already exists."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from local_teachers.registry import load_spec, require_local
+
+from .dataset import Dataset
+from .stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class Train(Stage):
+    name = "train"
+    sharded = False
+    frees_engine = True
+
+    def __init__(self, dataset: Dataset):
+        cfg = dataset.cfg
+        super().__init__(cfg, [dataset], load_spec(cfg.student))
+        self.dataset = dataset
+        self.dir = Path(cfg.run_dir) / self.name
+        self.adapter = self.dir / "adapter"
+
+    @classmethod
+    def build(cls, graph) -> list[Stage]:
+        return [cls(graph.one("dataset"))]
+
+    def config(self):
+        from training import preset
+
+        return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
+                      out_dir=str(self.dir), init_adapter=self.cfg.init_adapter,
+                      **{"seed": self.cfg.seed, **self.cfg.train_overrides})
+
+    def outputs(self, shard: int = 0) -> list[Path]:
+        return [self.adapter / "adapter_model.safetensors"]
+
+    def pending(self, shards=None) -> dict[int, str]:
+        """``{0: why}`` unless the adapter of these records and settings exists."""
+        reason = self.waiting(0)
+        if reason is None:
+            trained = self._trained_with(self.config())
+            if trained is None:
+                reason = "not trained yet"
+            elif isinstance(trained, str):
+                reason = trained
+            elif not (self.adapter / "card.json").is_file():
+                # Only a checkpoint: training was stopped and is not done; it resumes from there.
+                reason = "stopped before the end: resumes from its last checkpoint"
+        return {0: reason} if reason and 0 in self.shards(shards) else {}
+
+    def run(self, shards=None, pool=None) -> dict:
+        from training import train
+
+        t0 = time.perf_counter()
+        reason = self.pending().get(0)
+        if reason is None:
+            log.info("train: done, skipped")
+            return {"stage": self.key, "shards_run": 0, "wall_seconds": time.perf_counter() - t0}
+        self.check_inputs([0])
+        require_local(self.spec)
+        cfg = self.config()
+        stale = self._trained_with(cfg)
+        if isinstance(stale, str):
+            # training refuses to mix runs in one folder; here, as for every stage, new records
+            # or settings make the old adapter and checkpoints outdated.
+            log.info("train: %s was %s: starting again", self.dir, stale)
+            shutil.rmtree(self.dir)
+        train(cfg)
+        return {"stage": self.key, "shards_run": 1, "wall_seconds": time.perf_counter() - t0}
+
+    def outcome(self, figures: dict) -> str:
+        return f"adapter: {self.adapter}"
+
+    def card(self) -> dict:
+        return json.loads((self.adapter / "card.json").read_text())
+
+    def summary_line(self) -> dict:
+        card = self.card()
+        counts = card["counts"]
+        return {"stage": self.key, "rows": counts["examples"], "prompt_too_long": counts["skipped"],
+                "hit_max_tokens": counts["truncated"], "empty": 0, "parse_failures": 0,
+                "note": f"{counts['skipped']} records skipped, {counts['truncated']} truncated to max length; "
+                        f"{card['resumes']} resumes after a stop"}
+
+    def _trained_with(self, cfg) -> bool | str | None:
+        """What the folder holds: None (nothing), True (an adapter or checkpoint of ``cfg``
+        and its records) or the reason it is outdated."""
+        from training import checkpoint
+        from training.data import file_sha256
+
+        card = self.adapter / "card.json"
+        last = checkpoint.latest(self.dir / "checkpoints")
+        if card.is_file():
+            old = json.loads(card.read_text())
+            old_identity, old_sha = old.get("config_identity"), old["dataset"]["sha256"]
+        elif last is not None:
+            state = checkpoint.read_state(last)
+            old_identity, old_sha = state["identity"], state["records_sha256"]
+        else:
+            return None
+        if old_sha != file_sha256(cfg.records):
+            return "trained on other records"
+        if old_identity != json.loads(json.dumps(cfg.identity())):
+            return "trained with other settings"
+        return True

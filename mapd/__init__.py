@@ -1,0 +1,1 @@
+"""MAPD: Mistake-Aware Peer-Review Distillation, offline, on local models."""
