@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from training.config import file_sha256
+
 
 class StaleShardError(RuntimeError):
     pass
@@ -40,14 +42,6 @@ def shard_path(stage_dir: Path, shard: int, num_shards: int) -> Path:
 
 def manifest_path(shard_file: Path) -> Path:
     return shard_file.with_suffix(".manifest.json")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write(path: Path, write) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from local_teachers.registry import load_spec, require_local
 
 from .dataset import Dataset
+from .shards import file_sha256
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,6 @@ class Train(Stage):
         """What the folder holds: None (nothing), True (an adapter or checkpoint of ``cfg``
         and its records) or the reason it is outdated."""
         from training import checkpoint
-        from training.data import file_sha256
 
         card = self.adapter / "card.json"
         last = checkpoint.latest(self.dir / "checkpoints")

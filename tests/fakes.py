@@ -1,15 +1,46 @@
-"""Test doubles for bookkeeping tests (never the only test of a path)."""
+"""The one test double for engines: a scripted model and a pool that hands it out. For fast
+tests of bookkeeping; every path they cover is also tested with a real engine."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from local_teachers.engine import Completion, Request, Usage
 
 
-class OneEnginePool:
-    """Hands every stage the given engine, as EnginePool hands out a loaded one."""
+class ScriptedEngine:
+    """A model whose completion is ``answer(request, adapter)``. Keeps usage counters as a real
+    engine does (a token is a word), every request it saw and its number of generate calls."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, answer: Callable[[Request, str | None], str]):
+        self.answer = answer
+        self.usage = Usage()
+        self.seen: list[Request] = []
+        self.calls = 0
+
+    def generate(self, requests, adapter=None):
+        self.calls += 1
+        out = []
+        for r in requests:
+            prompt = r.messages[0][1]
+            text = self.answer(r, adapter)
+            self.seen.append(r)
+            self.usage.requests += 1
+            self.usage.prompt_tokens += len(prompt.split())
+            self.usage.completion_tokens += len(text.split())
+            self.usage.seconds += 0.001
+            out.append(Completion(r.id, prompt, text, len(prompt.split()), len(text.split()), "stop"))
+        return out
+
+
+class ScriptedPool:
+    """Hands a stage the engine of its model: ``engines`` by model name, or one engine for all."""
+
+    def __init__(self, engines: dict[str, ScriptedEngine] | ScriptedEngine):
+        self.engines = engines
         self.loads = 0
 
     def get(self, spec):
-        return self.engine
+        return self.engines[spec.name] if isinstance(self.engines, dict) else self.engines
 
     def close(self):
         pass

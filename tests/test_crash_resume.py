@@ -35,7 +35,7 @@ from batch.local import run_local
 from batch.shards import StaleShardError, file_sha256, manifest_path
 from local_teachers.engine import Completion, Usage
 
-from fakes import OneEnginePool
+from fakes import ScriptedPool
 
 SEED = int(os.environ.get("MAPD_CRASH_SEED", "20241003"))
 KILLS = 12
@@ -339,7 +339,7 @@ class Committee:
 def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, monkeypatch, caplog):
     cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=4, num_shards=2,
                     teachers=("demo-teacher-a", "demo-teacher-b"), policy="paper")
-    Graph(cfg).run_local(OneEnginePool(Committee()), through="dataset")
+    run_local(Graph(cfg), ScriptedPool(Committee()), through="dataset")
     run = Path(cfg.run_dir)
     records = pl.read_parquet(run / "dataset" / "records.parquet")
     before = {rel: pl.read_parquet(run / rel) for rel in done_shards(run)}
@@ -375,7 +375,7 @@ def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, m
 
     engine = Committee()
     with caplog.at_level("INFO"):
-        Graph(cfg).run_local(OneEnginePool(engine), through="dataset")
+        run_local(Graph(cfg), ScriptedPool(engine), through="dataset")
     rewritten = set(re.findall(r"rows written to (\S+)", caplog.text))
     assert rewritten == {str(exam1), str(teach0), str(review1)}, rewritten
     assert f"exam shard 1/2: its Parquet file does not match the checksum" in caplog.text

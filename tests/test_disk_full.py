@@ -18,7 +18,7 @@ from batch.exam import SCHEMA, Exam
 from batch.shards import file_sha256, manifest_path, read_stage, why_not_done
 from local_teachers.engine import Completion, Usage
 
-from fakes import OneEnginePool
+from fakes import ScriptedPool
 
 PAGE = 4096
 
@@ -95,7 +95,7 @@ def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_mis
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
         cfg = RunConfig(task="svamp", run_dir=disk / "run", limit=4, num_shards=2)
         first = CountingEngine()
-        Exam(cfg).run([0], pool=OneEnginePool(first))
+        Exam(cfg).run([0], pool=ScriptedPool(first))
         exam_dir = disk / "run" / "exam"
         shard0, shard1 = Exam(cfg).path(0), Exam(cfg).path(1)
         before = pl.read_parquet(shard0)
@@ -105,7 +105,7 @@ def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_mis
         filler = fill(disk, leave)
         full = CountingEngine()
         with pytest.raises(OSError) as err:
-            Exam(cfg).run([1], pool=OneEnginePool(full))
+            Exam(cfg).run([1], pool=ScriptedPool(full))
         failed = shard1 if fails == "parquet" else manifest_path(shard1)
         assert err.value.errno == errno.ENOSPC
         assert str(failed) in str(err.value) and "No space left on device" in str(err.value), str(err.value)
@@ -123,7 +123,7 @@ def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_mis
         filler.unlink()
         again = CountingEngine()
         with caplog.at_level("INFO"):
-            Exam(cfg).run(pool=OneEnginePool(again))
+            Exam(cfg).run(pool=ScriptedPool(again))
         assert again.calls == 1, "only the missing shard is run"
         assert "exam shard 0/2: done, skipped" in caplog.text
         assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
@@ -141,7 +141,7 @@ def test_full_stage_folder_through_the_cli(tmp_path, tiny_spec_file):
             "--num-shards", "2", "--run-dir", str(run), "--student", str(tiny_spec_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with small_tmpfs(run / "exam", "256k") as disk:
-        Exam(cfg).run([0], pool=OneEnginePool(CountingEngine()))
+        Exam(cfg).run([0], pool=ScriptedPool(CountingEngine()))
         shard0 = Exam(cfg).path(0)
         sha0 = file_sha256(shard0)
         filler = fill(disk)

@@ -9,13 +9,13 @@ import pytest
 from batch.config import RunConfig
 from batch.eval import Eval, results_table
 
-from fakes import OneEnginePool
+from fakes import ScriptedPool
 
 
 def _evaluate(cfg, adapter, engine):
     base, distilled = Eval(cfg, "base"), Eval(cfg, "distilled", adapter)
     for stage in (base, distilled):
-        stage.run(pool=OneEnginePool(engine))
+        stage.run(pool=ScriptedPool(engine))
     return base, distilled
 
 

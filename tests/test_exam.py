@@ -17,7 +17,7 @@ from batch.exam import SCHEMA, Exam
 from batch.shards import manifest_path, shard_path
 from local_teachers.engine import Completion, Usage
 
-from fakes import OneEnginePool
+from fakes import ScriptedPool
 
 
 class ScriptedEngine:
@@ -58,7 +58,7 @@ def test_exam_writes_graded_shards_and_a_summary(cfg):
     exam = Exam(cfg)
     gold = {q.id: q.gold for q in exam.questions}
     engine = ScriptedEngine(_svamp_answer(gold))
-    exam.run(pool=OneEnginePool(engine))
+    exam.run(pool=ScriptedPool(engine))
     assert engine.calls == 3
     df = exam.results()
     assert df.schema == pl.Schema(SCHEMA)
@@ -77,20 +77,20 @@ def test_exam_writes_graded_shards_and_a_summary(cfg):
 def test_rerun_skips_done_shards_and_redoes_changed_ones(cfg, caplog):
     exam = Exam(cfg)
     gold = {q.id: q.gold for q in exam.questions}
-    exam.run(pool=OneEnginePool(ScriptedEngine(_svamp_answer(gold))))
+    exam.run(pool=ScriptedPool(ScriptedEngine(_svamp_answer(gold))))
     again = ScriptedEngine(_svamp_answer(gold))
-    Exam(cfg).run(pool=OneEnginePool(again))
+    Exam(cfg).run(pool=ScriptedPool(again))
     assert again.calls == 0
     # One shard lost its file: only it is redone.
     shard_path(Path(cfg.run_dir) / "exam", 1, 3).unlink()
     again = ScriptedEngine(_svamp_answer(gold))
-    Exam(cfg).run(pool=OneEnginePool(again))
+    Exam(cfg).run(pool=ScriptedPool(again))
     assert again.calls == 1
     # A changed seed changes every request: all shards are redone, and the log says why.
     from dataclasses import replace
     again = ScriptedEngine(_svamp_answer(gold))
     with caplog.at_level("INFO"):
-        Exam(replace(cfg, seed=1)).run(pool=OneEnginePool(again))
+        Exam(replace(cfg, seed=1)).run(pool=ScriptedPool(again))
     assert again.calls == 3
     assert "written by another configuration (seed: 731 -> 1)" in caplog.text
 

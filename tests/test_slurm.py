@@ -1,5 +1,5 @@
 """The SLURM executor: job scripts and refusals (no cluster needed), then a real one-node cluster
-on localhost (tests/slurm_cluster.py) running the graph with the tiny model: the same outputs
+on localhost (tests/slurm_cluster.py) running the pipeline with the tiny model: the same outputs
 as the local executor, a failed shard with its dependents cancelled and a rerun of only what is
 missing, fake GPUs, and the time-limit signal that requeues a task."""
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import click
 import polars as pl
 import pytest
 import yaml
@@ -22,7 +21,9 @@ from batch.graph import Graph
 from batch.local import run_local
 from batch.shards import manifest_path
 from slurm.jobs import array_spec, parse_array
-from slurm.submit import SlurmOptions, SubmitError, cfg_to_args, prepare, submit, time_seconds
+from slurm.cluster import SubmitError
+from slurm.resources import SlurmOptions, time_seconds
+from slurm.submit import prepare, submit
 from slurm_cluster import LocalCluster, why_cannot_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,32 +65,21 @@ def test_array_specs_and_time_limits():
         time_seconds("2h")
 
 
-def test_run_options_round_trip(tmp_path, tiny_spec_file):
-    """A job rebuilds exactly the submitted configuration from its command line."""
-    from batch.cli import run_options
-
+def test_a_job_runs_exactly_the_saved_configuration(tmp_path, tiny_spec_file):
+    """Every setting goes through config.yaml and comes back the same: a job runs from it."""
     cfg = _cfg(tmp_path / "run", str(tiny_spec_file), [str(tiny_spec_file)], engine="transformers", seed=5,
                policy="paper", selection="all", feedback=False, data=str(ROOT / "batch" / "data" / "svamp"),
-               policy_overrides=(("threshold", 2.5), ("min_reviews", 2), ("answer_check", True),
-                                 ("review_feedback", False), ("invalid_as", 3)),
-               train_preset="paper", train_overrides=(("alpha", 0.25), ("epochs", 2), ("max_steps", 7)))
-    seen = {}
-
-    @click.command()
-    @run_options
-    def probe(graph, shards):
-        seen["cfg"] = graph.cfg
-
-    probe.main(cfg_to_args(cfg), standalone_mode=False)
-    assert seen["cfg"] == cfg
+               policy_overrides={"threshold": 2.5, "min_reviews": 2, "answer_check": True,
+                                 "review_feedback": False, "invalid_as": 3},
+               train_preset="paper", train_overrides={"alpha": 0.25, "epochs": 2, "max_steps": 7})
+    cfg.save()
+    assert RunConfig.load(tmp_path / "run") == cfg
 
 
-def test_register_adds_submit_and_status():
-    from slurm.cli import register
+def test_mapd_has_the_slurm_commands():
+    from mapd.cli import main
 
-    group = click.Group()
-    register(group)
-    assert {"submit", "status"} <= set(group.commands)
+    assert {"submit", "status", "run-stage"} <= set(main.commands)
 
 
 def test_dry_run_writes_a_readable_rerunnable_script(tmp_path, tiny_spec_file):
@@ -98,9 +88,9 @@ def test_dry_run_writes_a_readable_rerunnable_script(tmp_path, tiny_spec_file):
     cfg = _cfg(tmp_path / "run", str(tiny_spec_file), [big, str(tiny_spec_file)])
     opts = SlurmOptions(partition="gpu", account="proj-1", qos="normal", gpus_per_node=4, dry_run=True)
     planned = {p.job.key: p for p in submit(Graph(cfg), opts)}
-    assert list(planned) == ["exam-tiny-llama", "teach-tiny-big", "teach-tiny-llama", "review-tiny-big",
-                             "review-tiny-llama", "dataset", "train", "eval-tiny-llama", "eval-distilled"]
-    assert "--variant distilled" in (tmp_path / "run" / "slurm" / "eval-distilled.sbatch").read_text()
+    assert list(planned) == ["exam", "teach-tiny-big", "teach-tiny-llama", "review-tiny-big",
+                             "review-tiny-llama", "dataset", "train", "eval-base", "eval-distilled"]
+    assert "--stage eval/distilled" in (tmp_path / "run" / "slurm" / "eval-distilled.sbatch").read_text()
     script = tmp_path / "run" / "slurm" / "teach-tiny-big.sbatch"
     text = script.read_text()
     sbatch = re.findall(r"^#SBATCH (\S+)$", text, re.MULTILINE)
@@ -111,9 +101,9 @@ def test_dry_run_writes_a_readable_rerunnable_script(tmp_path, tiny_spec_file):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"):
         assert f"export {var}=1" in text
     assert "trap on_usr1 USR1" in text and "scontrol requeue" in text and "CUDA_VISIBLE_DEVICES" in text
-    assert f"{MAPD} teach --task svamp" in text and "--model tiny-big \"${shard_args[@]}\"" in text
+    assert f"{MAPD} run-stage --run-dir {tmp_path}/run --stage teach/tiny-big \"${{shard_args[@]}}\"" in text
     # The student's defaults: one CPU, no GPU, the default time limit.
-    exam = (tmp_path / "run" / "slurm" / "exam-tiny-llama.sbatch").read_text()
+    exam = (tmp_path / "run" / "slurm" / "exam.sbatch").read_text()
     assert "--gres" not in exam and "#SBATCH --cpus-per-task=1" in exam and "#SBATCH --time=4:00:00" in exam
     assert "--array" not in (tmp_path / "run" / "slurm" / "dataset.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -166,10 +156,10 @@ def env(cluster):
 
 
 def _slurm_cli(env, *args, check=True, timeout=60):
-    proc = subprocess.run([sys.executable, "-m", "slurm.cli", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run([MAPD, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"slurm.cli {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"mapd {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -204,8 +194,8 @@ def test_slurm_run_equals_the_local_executor(env, tmp_path, tiny_spec_file):
     record = json.loads((slurm_run / "slurm" / "jobs.json").read_text())["submissions"][0]
     ids = {j["key"]: j["job_id"] for j in record["jobs"]}
     deps = {j["key"]: j["after"] for j in record["jobs"]}
-    assert deps["exam-tiny-llama"] == [] and deps["teach-tiny-a"] == [ids["exam-tiny-llama"]]
-    assert deps["dataset"] == [ids[k] for k in ("exam-tiny-llama", "teach-tiny-a", "teach-tiny-b",
+    assert deps["exam"] == [] and deps["teach-tiny-a"] == [ids["exam"]]
+    assert deps["dataset"] == [ids[k] for k in ("exam", "teach-tiny-a", "teach-tiny-b",
                                                 "review-tiny-a", "review-tiny-b")]
     assert {j["key"]: j["shards"] for j in record["jobs"]}["review-tiny-b"] == [0, 1]
     for shard in (0, 1):
@@ -238,13 +228,13 @@ def test_failed_shard_cancels_dependents_and_a_rerun_does_only_what_is_missing(e
     _slurm_cli(env, "submit", *args)
     status = _wait(env, run)
     jobs = {j["key"]: j for j in status["jobs"]}
-    assert jobs["exam-tiny-llama"]["shards_done"] == 2 and jobs["teach-tiny-t"]["shards_done"] == 1
+    assert jobs["exam"]["shards_done"] == 2 and jobs["teach-tiny-t"]["shards_done"] == 1
     failed = [t for t in jobs["teach-tiny-t"]["tasks"] if t["category"] == "failed"]
     assert [t["shard"] for t in failed] == [1] and "Is a directory; could not write" in Path(failed[0]["log"]).read_text()
     assert jobs["dataset"]["tasks"][0]["state"] == "CANCELLED" and jobs["dataset"]["tasks"][0]["dependency_failed"]
     # dataset, then train and the 2 tasks of the distilled eval; the base eval needs none of them.
     assert status["dependents_cancelled"] == 4 and not status["done"]
-    assert jobs["eval-tiny-llama"]["shards_done"] == 2
+    assert jobs["eval-base"]["shards_done"] == 2
     text = _slurm_cli(env, "status", "--run-dir", str(run)).stdout
     assert re.search(r"teach/tiny-t\s+shards 1/2 done\s+jobs: 1 completed, 1 failed", text), text
     assert f"shard 1 FAILED (job {failed[0]['job']}, exit 1:0, NonZeroExitCode): log {failed[0]['log']}" in text
@@ -283,7 +273,7 @@ def test_fake_gpus_each_task_gets_its_own_device(env, cluster, tmp_path, tiny_sp
 
     run = tmp_path / "run"
     _slurm_cli(env, "submit", *_run_args(run, student, [student]), "--stages", "exam")
-    assert "#SBATCH --gres=gpu:1" in (run / "slurm" / "exam-tiny-gpu.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:1" in (run / "slurm" / "exam.sbatch").read_text()
     status = _wait(env, run)
     (exam,) = [j for j in status["jobs"] if j["stage"] == "exam"]
     assert exam["shards_done"] == 2 and exam["counts"] == {"completed": 2}

@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 SCHEDULES = ("constant", "cosine")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class RecordsError(ValueError):
@@ -61,7 +70,6 @@ class TrainConfig:
             d.pop(key)
         if self.init_adapter:
             # Its weights, not where it lies, decide what training starts from.
-            from .data import file_sha256
             d["init_adapter"] = file_sha256(Path(self.init_adapter) / "adapter_model.safetensors")
         return d
 

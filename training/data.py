@@ -8,7 +8,6 @@ end-of-turn token) are learnt; the prompt and the padding are labelled -100.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +45,6 @@ def load_records(path: str | Path) -> pl.DataFrame:
     if nulls:
         raise RecordsError(f"{path}: null values in column(s) {', '.join(nulls)}")
     return df
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def end_of_turn(tokenizer) -> str:

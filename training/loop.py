@@ -24,8 +24,8 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from . import checkpoint
-from .config import TrainConfig
-from .data import KINDS, collate, encode_records, file_sha256, load_records, plan_batches
+from .config import TrainConfig, file_sha256
+from .data import KINDS, collate, encode_records, load_records, plan_batches
 from .loss import combined_loss
 from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device, set_cpu_threads
 
