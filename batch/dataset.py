@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import random
-import time
 from pathlib import Path
 
 import polars as pl
@@ -22,7 +21,7 @@ from .config import request_seed
 from .prompts import load_prompt
 from .review import Review
 from .shards import atomic_write, why_not_done, write_shard
-from .stage import Stage
+from .stage import Stage, WholeRunStage
 from .stats import committee_stats, format_stats
 from .tasks import Verdict
 from .teach import Teach
@@ -42,9 +41,8 @@ RECORD_SCHEMA = {
 }
 
 
-class Dataset(Stage):
+class Dataset(WholeRunStage):
     name = "dataset"
-    sharded = False
 
     def __init__(self, exam, teaches: list[Teach], reviews: list[Review]):
         super().__init__(exam.cfg, [exam, *teaches, *reviews], None)
@@ -72,24 +70,14 @@ class Dataset(Stage):
     def outputs(self, shard: int = 0) -> list[Path]:
         return [self.records_path]
 
-    def pending(self, shards=None) -> dict[int, str]:
-        reason = self.waiting(0)
-        if reason is None:
-            identity = self.identity()
-            reason = why_not_done(self.records_path, identity) or why_not_done(self.decisions_path, identity)
-        return {0: reason} if reason and 0 in self.shards(shards) else {}
+    def stale(self) -> str | None:
+        identity = self.identity()
+        return why_not_done(self.records_path, identity) or why_not_done(self.decisions_path, identity)
 
     def stats(self) -> dict:
         return json.loads((self.dir / "stats.json").read_text())
 
-    def run(self, shards=None, pool=None) -> dict:
-        t0 = time.perf_counter()
-        reason = self.pending().get(0)
-        if reason is None:
-            log.info("dataset: done, skipped")
-            return {"stage": self.key, "shards_run": 0, "wall_seconds": time.perf_counter() - t0}
-        log.info("dataset: to do (%s)", reason)
-        self.check_inputs([0])
+    def make(self) -> None:
         decisions = self.decisions()
         records = self.select(decisions)
         reviews = pl.concat([r.results() for r in self.reviews]) if self.reviews else None
@@ -100,7 +88,6 @@ class Dataset(Stage):
         write_shard(decisions, self.decisions_path, identity, stage=self.name)
         write_shard(records, self.records_path, identity, stage=self.name)
         log.info("dataset: %d records written to %s", records.height, self.records_path)
-        return {"stage": self.key, "shards_run": 1, "wall_seconds": time.perf_counter() - t0}
 
     def outcome(self, figures: dict) -> str:
         return f"{format_stats(self.stats())}\ninstruction records: {self.records_path}"

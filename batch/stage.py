@@ -111,6 +111,32 @@ class Stage:
         raise NotImplementedError
 
 
+class WholeRunStage(Stage):
+    """A stage with one output for the whole run, made by ``make()`` from every shard upstream.
+    Subclasses implement ``stale()``: why their output is not current, or None."""
+
+    sharded = False
+
+    def stale(self) -> str | None:
+        raise NotImplementedError
+
+    def make(self) -> None:
+        raise NotImplementedError
+
+    def pending(self, shards=None) -> dict[int, str]:
+        reason = self.waiting(0) or self.stale()
+        return {0: reason} if reason and 0 in self.shards(shards) else {}
+
+    def run(self, shards=None, pool=None) -> dict:
+        t0 = time.perf_counter()
+        reason = self.pending().get(0)
+        log.info("%s: %s", self.key, f"to do ({reason})" if reason else "done, skipped")
+        if reason:
+            self.check_inputs([0])
+            self.make()
+        return {"stage": self.key, "shards_run": int(reason is not None), "wall_seconds": time.perf_counter() - t0}
+
+
 def _usage(engine) -> dict:
     return {k: getattr(engine.usage, field) if engine else 0 for k, field in FIGURES.items()}
 

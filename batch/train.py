@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from local_teachers.registry import load_spec, require_local
 
 from .dataset import Dataset
 from .shards import file_sha256
-from .stage import Stage
+from .stage import Stage, WholeRunStage
 
 log = logging.getLogger(__name__)
 
 
-class Train(Stage):
+class Train(WholeRunStage):
     name = "train"
-    sharded = False
     frees_engine = True
 
     def __init__(self, dataset: Dataset):
@@ -44,29 +42,21 @@ class Train(Stage):
     def outputs(self, shard: int = 0) -> list[Path]:
         return [self.adapter / "adapter_model.safetensors"]
 
-    def pending(self, shards=None) -> dict[int, str]:
-        """``{0: why}`` unless the adapter of these records and settings exists."""
-        reason = self.waiting(0)
-        if reason is None:
-            trained = self._trained_with(self.config())
-            if trained is None:
-                reason = "not trained yet"
-            elif isinstance(trained, str):
-                reason = trained
-            elif not (self.adapter / "card.json").is_file():
-                # Only a checkpoint: training was stopped and is not done; it resumes from there.
-                reason = "stopped before the end: resumes from its last checkpoint"
-        return {0: reason} if reason and 0 in self.shards(shards) else {}
+    def stale(self) -> str | None:
+        """None when the adapter of these records and settings exists, else why not."""
+        trained = self._trained_with(self.config())
+        if trained is None:
+            return "not trained yet"
+        if isinstance(trained, str):
+            return trained
+        if not (self.adapter / "card.json").is_file():
+            # Only a checkpoint: training was stopped and is not done; it resumes from there.
+            return "stopped before the end: resumes from its last checkpoint"
+        return None
 
-    def run(self, shards=None, pool=None) -> dict:
+    def make(self) -> None:
         from training import train
 
-        t0 = time.perf_counter()
-        reason = self.pending().get(0)
-        if reason is None:
-            log.info("train: done, skipped")
-            return {"stage": self.key, "shards_run": 0, "wall_seconds": time.perf_counter() - t0}
-        self.check_inputs([0])
         require_local(self.spec)
         cfg = self.config()
         stale = self._trained_with(cfg)
@@ -76,7 +66,6 @@ class Train(Stage):
             log.info("train: %s was %s: starting again", self.dir, stale)
             shutil.rmtree(self.dir)
         train(cfg)
-        return {"stage": self.key, "shards_run": 1, "wall_seconds": time.perf_counter() - t0}
 
     def outcome(self, figures: dict) -> str:
         return f"adapter: {self.adapter}"

@@ -8,11 +8,11 @@ Importing the package is light (no torch): the configuration is checked before a
 from .config import PRESETS, RecordsError, TrainConfig, preset
 
 
-def train(cfg: TrainConfig):
-    """Train (or resume, or return the finished adapter of ``cfg``); see training.loop."""
+def train(cfg: TrainConfig, **options):
+    """Train (or resume, or return the finished adapter of ``cfg``); see training.loop.train."""
     from .loop import train as run
 
-    return run(cfg)
+    return run(cfg, **options)
 
 
 __all__ = ["PRESETS", "RecordsError", "TrainConfig", "preset", "train"]
