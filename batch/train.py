@@ -40,7 +40,7 @@ class Train(WholeRunStage):
                       **{"seed": self.cfg.seed, **self.cfg.train_overrides})
 
     def outputs(self, shard: int = 0) -> list[Path]:
-        return [self.adapter / "adapter_model.safetensors"]
+        return []       # no manifest: the distilled eval's identity holds the adapter's own checksum
 
     def stale(self) -> str | None:
         """None when the adapter of these records and settings exists, else why not."""

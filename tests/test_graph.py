@@ -196,3 +196,12 @@ def test_imports_run_one_way_and_no_file_is_too_long():
             visit(m, [])
     long = {str(p.relative_to(ROOT)): n for p in modules.values() if (n := len(p.read_text().splitlines())) > 350}
     assert not long, long
+
+
+def test_the_project_cites_nothing_outside_itself():
+    tracked = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".txt", ".yaml", ".sbatch", ".cfg")
+               and not {".venv", ".git", "runs", "data"} & set(p.relative_to(ROOT).parts)]
+    citing = [str(p.relative_to(ROOT)) for p in tracked
+              if re.search(r"DESIGN\.md|\.\./shared", p.read_text(errors="replace")) and p.name != "test_graph.py"]
+    assert not citing, citing
+
