@@ -20,43 +20,24 @@ from pathlib import Path
 
 import click
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fakes import ScriptedEngine, ScriptedPool  # noqa: E402
 
-class InstantEngine:
+
+def instant_answer(request, adapter):
     """Answers every request at once: the student wrong, teachers right, reviewers with [4]."""
-
-    def __init__(self):
-        from local_teachers.engine import Usage
-        self.usage = Usage()
-
-    def generate(self, requests, adapter=None):
-        from local_teachers.engine import Completion
-        out = []
-        for r in requests:
-            text = r.messages[0][1]
-            if text.startswith("You are reviewing"):
-                answer = "Clear and correct. [4]"
-            elif "got it wrong" in text:
-                answer = "Check step 2: 3 + 4 is 7, not 8."
-            else:
-                answer = "3 + 4 = 7. The answer is 7." if r.id.startswith("rationale:") else "The answer is 8."
-            out.append(Completion(r.id, text, answer, 100, 12, "stop"))
-        self.usage.requests += len(requests)
-        return out
-
-
-class Pool:
-    def __init__(self):
-        self.engine = InstantEngine()
-        self.loads = 0
-
-    def get(self, spec):
-        return self.engine
+    text = request.messages[0][1]
+    if text.startswith("You are reviewing"):
+        return "Clear and correct. [4]"
+    if "got it wrong" in text:
+        return "Check step 2: 3 + 4 is 7, not 8."
+    return "3 + 4 = 7. The answer is 7." if request.id.startswith("rationale:") else "The answer is 8."
 
 
 def one_size(n: int, teachers: int, shards: int) -> dict:
     from batch.config import RunConfig
     from batch.graph import Graph
-from batch.local import run_local
+    from batch.local import run_local
 
     work = Path(tempfile.mkdtemp(prefix=f"mapd-scale-{n}-"))
     data = work / "train.jsonl"
@@ -66,7 +47,8 @@ from batch.local import run_local
     cfg = RunConfig(task="gsm8k", run_dir=work / "run", data=str(data), num_shards=shards,
                     teachers=tuple(f"demo-teacher-{'abc'[k]}" for k in range(teachers)))
     graph = Graph(cfg)
-    pool = Pool()
+    engine = ScriptedEngine(instant_answer, keep_seen=False)   # peak memory is measured
+    pool = ScriptedPool(engine)
     times = {}
     for label, stages in [("exam", [graph.one("exam")]), ("teach", graph.named("teach")), ("review", graph.named("review"))]:
         t0 = time.perf_counter()
@@ -79,7 +61,7 @@ from batch.local import run_local
     times["dataset"] = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"n": n, "times": times, "peak_mb": peak_mb, "records": sum(stats["records"].values()),
-            "generations": pool.engine.usage.requests}
+            "generations": engine.usage.requests}
 
 
 @click.command()

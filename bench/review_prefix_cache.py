@@ -29,20 +29,12 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
-from local_teachers.engine import Completion, Request
+from local_teachers.engine import Request
 from local_teachers.pool import EnginePool
 from local_teachers.registry import Sampling, load_spec
 
-
-class Capture:
-    """An engine that records the requests a stage sends and answers nothing."""
-
-    def __init__(self):
-        self.requests: list[Request] = []
-
-    def generate(self, requests, adapter=None):
-        self.requests += requests
-        return [Completion(r.id, "", "", 0, 0, "stop") for r in requests]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fakes import ScriptedEngine  # noqa: E402
 
 
 def review_requests(run_dir: Path, task: str, limit: int) -> list[dict]:
@@ -56,11 +48,11 @@ def review_requests(run_dir: Path, task: str, limit: int) -> list[dict]:
                 stage.run(pool=pool)
     groups = []
     for review in graph.named("review"):
-        capture = Capture()
+        capture = ScriptedEngine(lambda request, adapter: "")      # records the requests, answers nothing
         for shard in range(graph.cfg.num_shards):
             review.rows(shard, capture)
         groups.append({"spec": review.spec.source, "reviewer": review.spec.name,
-                       "requests": [dataclasses.asdict(r) for r in capture.requests]})
+                       "requests": [dataclasses.asdict(r) for r in capture.seen]})
     return groups
 
 

@@ -9,10 +9,12 @@ from local_teachers.engine import Completion, Request, Usage
 
 class ScriptedEngine:
     """A model whose completion is ``answer(request, adapter)``. Keeps usage counters as a real
-    engine does (a token is a word), every request it saw and its number of generate calls."""
+    engine does (a token is a word), every request it saw (unless ``keep_seen`` is False: a
+    benchmark at scale measures memory) and its number of generate calls."""
 
-    def __init__(self, answer: Callable[[Request, str | None], str]):
+    def __init__(self, answer: Callable[[Request, str | None], str], keep_seen: bool = True):
         self.answer = answer
+        self.keep_seen = keep_seen
         self.usage = Usage()
         self.seen: list[Request] = []
         self.calls = 0
@@ -23,12 +25,14 @@ class ScriptedEngine:
         for r in requests:
             prompt = r.messages[0][1]
             text = self.answer(r, adapter)
-            self.seen.append(r)
+            if self.keep_seen:
+                self.seen.append(r)
+            n_prompt, n_text = len(prompt.split()), len(text.split())
             self.usage.requests += 1
-            self.usage.prompt_tokens += len(prompt.split())
-            self.usage.completion_tokens += len(text.split())
+            self.usage.prompt_tokens += n_prompt
+            self.usage.completion_tokens += n_text
             self.usage.seconds += 0.001
-            out.append(Completion(r.id, prompt, text, len(prompt.split()), len(text.split()), "stop"))
+            out.append(Completion(r.id, prompt, text, n_prompt, n_text, "stop"))
         return out
 
 

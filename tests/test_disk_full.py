@@ -16,24 +16,17 @@ import pytest
 from batch.config import RunConfig
 from batch.exam import SCHEMA, Exam
 from batch.shards import file_sha256, manifest_path, read_stage, why_not_done
-from local_teachers.engine import Completion, Usage
 
-from fakes import ScriptedPool
+from fakes import ScriptedEngine, ScriptedPool
+
+pytestmark = pytest.mark.root     # mounts a tmpfs
 
 PAGE = 4096
 
 
-class CountingEngine:
-    """Answers every question the same way; counts generate calls (one per shard)."""
-
-    def __init__(self):
-        self.usage = Usage()
-        self.calls = 0
-
-    def generate(self, requests, adapter=None):
-        self.calls += 1
-        return [Completion(r.id, r.messages[0][1], f"Step by step for {r.id}: the answer is 42.", 10, 12, "stop")
-                for r in requests]
+def answer_42(request, adapter):
+    """Every question answered the same way (a ScriptedEngine counts its calls: one per shard)."""
+    return f"Step by step for {request.id}: the answer is 42."
 
 
 @contextmanager
@@ -83,18 +76,18 @@ def temporaries(folder: Path) -> list[Path]:
 
 def _parquet_size(exam: Exam, shard: int) -> int:
     buffer = io.BytesIO()
-    pl.DataFrame(exam.rows(shard, CountingEngine()), schema=SCHEMA).write_parquet(buffer)
+    pl.DataFrame(exam.rows(shard, ScriptedEngine(answer_42)), schema=SCHEMA).write_parquet(buffer)
     return len(buffer.getvalue())
 
 
 @pytest.mark.parametrize("fails", ["parquet", "manifest"])
 def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_missing_shard(tmp_path, caplog, fails):
-    """The exam stage (real Stage code, a counting engine) on a 1 MiB tmpfs. ``parquet``: no
+    """The exam stage (real Stage code, a scripted engine) on a 1 MiB tmpfs. ``parquet``: no
     room at all, the shard file cannot be written; ``manifest``: room for the shard file but not
     for its manifest, so a complete file lies there without the manifest that would mark it done."""
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
         cfg = RunConfig(task="svamp", run_dir=disk / "run", limit=4, num_shards=2)
-        first = CountingEngine()
+        first = ScriptedEngine(answer_42)
         Exam(cfg).run([0], pool=ScriptedPool(first))
         exam_dir = disk / "run" / "exam"
         shard0, shard1 = Exam(cfg).path(0), Exam(cfg).path(1)
@@ -103,7 +96,7 @@ def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_mis
 
         leave = 0 if fails == "parquet" else math.ceil(_parquet_size(Exam(cfg), 1) / PAGE) * PAGE
         filler = fill(disk, leave)
-        full = CountingEngine()
+        full = ScriptedEngine(answer_42)
         with pytest.raises(OSError) as err:
             Exam(cfg).run([1], pool=ScriptedPool(full))
         failed = shard1 if fails == "parquet" else manifest_path(shard1)
@@ -121,7 +114,7 @@ def test_full_disk_fails_the_shard_write_cleanly_and_a_rerun_writes_only_the_mis
         assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
 
         filler.unlink()
-        again = CountingEngine()
+        again = ScriptedEngine(answer_42)
         with caplog.at_level("INFO"):
             Exam(cfg).run(pool=ScriptedPool(again))
         assert again.calls == 1, "only the missing shard is run"
@@ -141,7 +134,7 @@ def test_full_stage_folder_through_the_cli(tmp_path, tiny_spec_file):
             "--num-shards", "2", "--run-dir", str(run), "--student", str(tiny_spec_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with small_tmpfs(run / "exam", "256k") as disk:
-        Exam(cfg).run([0], pool=ScriptedPool(CountingEngine()))
+        Exam(cfg).run([0], pool=ScriptedPool(ScriptedEngine(answer_42)))
         shard0 = Exam(cfg).path(0)
         sha0 = file_sha256(shard0)
         filler = fill(disk)

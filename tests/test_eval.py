@@ -11,6 +11,8 @@ from batch.eval import Eval, results_table
 
 from fakes import ScriptedPool
 
+pytestmark = pytest.mark.slow    # the real SmolLM2 (the adapter is made on it), vLLM and peft
+
 
 def _evaluate(cfg, adapter, engine):
     base, distilled = Eval(cfg, "base"), Eval(cfg, "distilled", adapter)

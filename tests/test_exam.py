@@ -15,31 +15,12 @@ import pytest
 from batch.config import RunConfig
 from batch.exam import SCHEMA, Exam
 from batch.shards import manifest_path, shard_path
-from local_teachers.engine import Completion, Usage
 
-from fakes import ScriptedPool
-
-
-class ScriptedEngine:
-    """Answers by a script keyed on the question's position; counts calls."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.usage = Usage()
-        self.calls = 0
-
-    def generate(self, requests, adapter=None):
-        self.calls += 1
-        out = []
-        for r in requests:
-            text = self.answer(r)
-            self.usage.completion_tokens += len(text.split())
-            out.append(Completion(r.id, r.messages[0][1], text, 10, len(text.split()), "stop"))
-        return out
+from fakes import ScriptedEngine, ScriptedPool
 
 
 def _svamp_answer(gold_by_id):
-    def answer(request):
+    def answer(request, adapter):
         k = int(request.id.split("-")[1])
         if k % 3 == 0:
             return f"Adding up, the answer is {gold_by_id[request.id]}."

@@ -94,6 +94,8 @@ def _check_run(run: Path, out: subprocess.CompletedProcess, trace: Path) -> None
     assert not outside, "tried to reach the network:\n" + "\n".join(outside[:20])
 
 
+@pytest.mark.slow
+@pytest.mark.root
 def test_embedded_pipeline_runs_with_no_network_at_all(tmp_path, offline_home):
     """Loopback down, the transformers engine (vLLM needs the loopback: the next tests)."""
     registry, env = offline_home
@@ -103,6 +105,8 @@ def test_embedded_pipeline_runs_with_no_network_at_all(tmp_path, offline_home):
     _check_run(run, out, trace)
 
 
+@pytest.mark.slow
+@pytest.mark.root
 def test_embedded_pipeline_on_vllm_with_only_a_loopback(tmp_path, offline_home):
     """`make distill` as it is, the vLLM engine, on a machine with only a loopback interface."""
     registry, env = offline_home

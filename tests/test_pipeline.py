@@ -13,51 +13,23 @@ from batch.config import RunConfig
 from batch.graph import Graph
 from batch.local import run_local
 from batch.stats import format_stats
-from local_teachers.engine import Completion, Usage
 from local_teachers.pool import EnginePool
 
+from fakes import ScriptedEngine, ScriptedPool
+
 GOLD = re.compile(r"correct (?:final )?answer is (\S+?)\.?\s")
-
-
-class Script:
-    """One scripted model: ``answer(request_text) -> completion``; counts its requests."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.usage = Usage()
-        self.seen = []
-
-    def generate(self, requests, adapter=None):
-        out = []
-        for r in requests:
-            text = self.answer(r.messages[0][1])
-            self.seen.append(r)
-            self.usage.requests += 1
-            out.append(Completion(r.id, r.messages[0][1], text, 10, 5, "stop"))
-        return out
-
-
-class ScriptedPool:
-    def __init__(self, scripts):
-        self.scripts = scripts
-        self.loads = 0
-
-    def get(self, spec):
-        return self.scripts[spec.name]
-
-    def close(self):
-        pass
 
 
 def _committee_scripts(gold_of):
     """Student always wrong. Teacher a: right answers, scored 5 by all. Teacher b: wrong final
     answers that reviewers still like (4): the answer check's case. Teacher c: right answers
     that reviewers score 2 or leave unscored."""
-    def student(text):
+    def student(request, adapter):
         return "I think the answer is 999999."
 
     def teacher(name):
-        def answer(text):
+        def answer(request, adapter):
+            text = request.messages[0][1]
             if "Reviewing" in text or "You are reviewing" in text:
                 author_solution = text.split("under review:")[1]
                 if "by teacher a" in author_solution:
@@ -72,8 +44,8 @@ def _committee_scripts(gold_of):
             return f"Solved by teacher {name[-1]}. The answer is {final}."
         return answer
 
-    return {"smollm2-135m-instruct": Script(student),
-            **{f"demo-teacher-{k}": Script(teacher(f"demo-teacher-{k}")) for k in "abc"}}
+    return {"smollm2-135m-instruct": ScriptedEngine(student),
+            **{f"demo-teacher-{k}": ScriptedEngine(teacher(f"demo-teacher-{k}")) for k in "abc"}}
 
 
 @pytest.fixture
@@ -92,7 +64,7 @@ def _run(cfg):
 
 def test_committee_writes_reviews_decisions_and_paper_selection(cfg):
     graph, pool, figures, stats = _run(cfg)
-    scripts = pool.scripts
+    scripts = pool.engines
     # Every mistake (all 6) gets a rationale and feedback from each of the 3 teachers.
     for k in "abc":
         teach = scripts[f"demo-teacher-{k}"].seen
@@ -144,7 +116,7 @@ def test_rerun_does_nothing_and_a_teacher_change_redoes_only_downstream(cfg, cap
     _run(cfg)
     _, pool, figures, _ = _run(cfg)
     assert all(f["shards_run"] == 0 for f in figures)
-    assert not any(s.seen for s in pool.scripts.values())
+    assert not any(s.seen for s in pool.engines.values())
     # A changed review setting (feedback reviewed too) redoes review and dataset, not exam or teach.
     changed = replace(cfg, policy_overrides=(("review_feedback", True),))
     with caplog.at_level("INFO"):
@@ -161,7 +133,7 @@ def test_rerun_does_nothing_and_a_teacher_change_redoes_only_downstream(cfg, cap
 def test_single_teacher_and_no_feedback_ablations(cfg):
     graph, pool, _, stats = _run(replace(cfg, teachers=("demo-teacher-a",), feedback=False))
     assert graph.named("review") == [] and "review_matrix" not in stats
-    assert all(r.id.startswith("rationale:") for r in pool.scripts["demo-teacher-a"].seen)
+    assert all(r.id.startswith("rationale:") for r in pool.engines["demo-teacher-a"].seen)
     records = pl.read_parquet(graph.one("dataset").records_path)
     assert set(records["kind"]) == {"rationale"} and records.height == 6
     assert records["scores"].to_list() == [[]] * 6
@@ -191,6 +163,7 @@ def test_committee_sharing_weights_is_loaded_once(tiny_spec_file, tmp_path):
     assert set(records.columns) >= {"record_id", "question_id", "kind", "prompt", "response", "teacher"}
 
 
+@pytest.mark.slow
 def test_real_committee_on_vllm(tmp_path, vllm_engine):
     """The embedded default as `make distill` runs it, smaller: the real SmolLM2 as student and
     as a two-member demo committee, on real vLLM, sampled, two shards."""
@@ -201,7 +174,7 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
     graph = Graph(cfg)
     assert graph.one("exam").spec.sampling.temperature == 0.3
     figures = run_local(graph, pool, through="dataset")
-    assert pool.loads == 0 and all(f["shards_run"] == 2 for f in figures)
+    assert pool.loads == 0 and all(f["shards_run"] == stage.num_shards for stage, f in zip(graph, figures))
     # What each call did is also kept in the manifests, whichever job wrote the shards.
     for stage, done in zip(graph, figures):
         if stage.name == "dataset":
@@ -232,6 +205,7 @@ def test_real_committee_on_vllm(tmp_path, vllm_engine):
     assert sum(stats["questions_by_accepted_rationales"].values()) == mistakes
 
 
+@pytest.mark.slow
 def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_records(tmp_path, tiny_spec_file):
     """`mapd distill` through train and eval on the tiny model (real 4-bit QLoRA, real peft)."""
     import json
@@ -260,7 +234,7 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "not written yet" not in again.stderr and "already holds" in again.stderr
+    assert "not written yet" not in again.stderr and "train: done, skipped" in again.stderr
 
     # Without feedback the teachers' work, the records and so the adapter and its eval change.
     third = subprocess.run(args + ["--no-feedback"], capture_output=True, text=True, timeout=600)
@@ -298,8 +272,8 @@ def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(c
     gold_of = {q.text: q.gold for q in graph.one("exam").questions}
     scripts = _committee_scripts(gold_of)
     answers = iter(["", "\ufffd\ufffd@@ \x00", "The answer is 999999.", "", "###", "The answer is 1."] * 2)
-    scripts["smollm2-135m-instruct"] = Script(lambda text: next(answers))
-    scripts["demo-teacher-c"] = Script(lambda text: "")
+    scripts["smollm2-135m-instruct"] = ScriptedEngine(lambda request, adapter: next(answers))
+    scripts["demo-teacher-c"] = ScriptedEngine(lambda request, adapter: "")
     run_local(graph, ScriptedPool(scripts), through="dataset")
     lines = {line["stage"]: line for line in run_summary(graph)}
     exam = graph.one("exam").results()

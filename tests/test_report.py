@@ -17,12 +17,13 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from batch.cli import main
 from batch.config import RunConfig
 from batch.graph import Graph
-from batch.local import run_local
+from batch.local import results, run_local
 from batch.report import write_report
-from local_teachers.engine import Completion, Usage
+from mapd.cli import main
+
+from fakes import ScriptedEngine, ScriptedPool
 
 TEACHERS = ("tiny-teacher-a", "tiny-teacher-b", "tiny-teacher-c")
 # reviewer -> author -> the review's last line: a no score and an out-of-range one among them.
@@ -33,55 +34,33 @@ TRAIN = ["--epochs", "1", "--batch-size", "2", "--lora-r", "8"]
 DATA_URI = re.compile(r'src="data:image/png;base64,([^"]+)"')
 
 
-class Model:
-    """One scripted model. The student is wrong on every train question; on the test split it is
-    right on the first question alone, and with an adapter on all but the last. Teachers a and c
-    reach the gold answer, b does not (the answer check rejects it)."""
-
-    def __init__(self, name, gold, test):
-        self.name, self.gold, self.test = name, gold, test
-        self.usage = Usage()
-
-    def answer(self, text, adapter):
+def _answer(name, gold, test):
+    """One scripted model's answers. The student is wrong on every train question; on the test
+    split it is right on the first question alone, and with an adapter on all but the last.
+    Teachers a and c reach the gold answer, b does not (the answer check rejects it)."""
+    def answer(request, adapter):
+        text = request.messages[0][1]
         if text.startswith("You are reviewing"):
             author = re.search(r"by teacher (\w)", text)[1]
-            return f"Reviewed.\n{REVIEWS[self.name][author]}"
+            return f"Reviewed.\n{REVIEWS[name][author]}"
         if "Student's solution" in text:
-            return f"Feedback by {self.name}: {FEEDBACK}"
+            return f"Feedback by {name}: {FEEDBACK}"
         question = text.split("Problem: ", 1)[1].strip()
-        if self.name == "tiny-llama":
-            i = self.test.index(question) if question in self.test else None
+        if name == "tiny-llama":
+            i = test.index(question) if question in test else None
             right = i is not None and (i < 3 if adapter else i == 0)
-            return f"The answer is {self.gold[question] if right else 999999}."
-        final = 123456 if self.name == "tiny-teacher-b" else self.gold[question]
-        return f"Solved by teacher {self.name[-1]}: step 1, step 2.\nThe answer is {final}."
-
-    def generate(self, requests, adapter=None):
-        out = []
-        for r in requests:
-            prompt = r.messages[0][1]
-            text = self.answer(prompt, adapter)
-            out.append(Completion(r.id, prompt, text, len(prompt.split()), len(text.split()), "stop"))
-            self.usage.requests += 1
-            self.usage.prompt_tokens += len(prompt.split())
-            self.usage.completion_tokens += len(text.split())
-            self.usage.seconds += 0.01
-        return out
+            return f"The answer is {gold[question] if right else 999999}."
+        final = 123456 if name == "tiny-teacher-b" else gold[question]
+        return f"Solved by teacher {name[-1]}: step 1, step 2.\nThe answer is {final}."
+    return answer
 
 
-class ScriptedPool:
-    def __init__(self, graph):
-        questions = graph.one("exam").questions + graph["eval/base"].questions
-        self.gold = {q.text: q.gold for q in questions}
-        self.test = [q.text for q in graph["eval/base"].questions]
-        self.models = {}
-        self.loads = 0
-
-    def get(self, spec):
-        return self.models.setdefault(spec.name, Model(spec.name, self.gold, self.test))
-
-    def close(self):
-        pass
+def _pool(graph) -> ScriptedPool:
+    """The student and every teacher, each answering by its script."""
+    questions = graph.one("exam").questions + graph["eval/base"].questions
+    gold = {q.text: q.gold for q in questions}
+    test = [q.text for q in graph["eval/base"].questions]
+    return ScriptedPool({name: ScriptedEngine(_answer(name, gold, test)) for name in ("tiny-llama", *TEACHERS)})
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +88,7 @@ def through_dataset(registry, tmp_path_factory):
     """A run with exam, teach, review and dataset done."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     graph = Graph(_cfg(run_dir, registry))
-    run_local(graph, ScriptedPool(graph), through="dataset")
+    run_local(graph, _pool(graph), through="dataset")
     return run_dir
 
 
@@ -125,7 +104,7 @@ def _pngs(page: str) -> list[Image.Image]:
 def test_a_partial_run_reports_what_exists_and_names_what_is_missing(through_dataset, registry, tmp_path):
     empty = write_report(Graph(_cfg(tmp_path / "empty", registry)), 1000.0).read_text()
     for missing in ("eval not run yet", "review not run yet", "dataset not written yet", "train not run yet",
-                    "exam not run yet", "eval distilled: no adapter yet"):
+                    "exam not run yet", "<td>eval/distilled</td><td>not run yet</td>"):
         assert missing in empty
     assert "data:image/png" not in empty
 
@@ -152,6 +131,7 @@ def test_a_partial_run_reports_what_exists_and_names_what_is_missing(through_dat
     assert "1,000 tokens/s" in page
 
 
+@pytest.mark.slow
 def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, registry, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -160,10 +140,10 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
     shutil.copytree(through_dataset, run_dir)
     graph = Graph(_cfg(run_dir, registry))
     graph.one("train").run()                       # real QLoRA on the tiny model
-    pool = ScriptedPool(graph)
+    pool = _pool(graph)
     for stage in (graph["eval/base"], graph["eval/distilled"]):
         stage.run(pool=pool)
-    graph.results()
+    results([graph])
 
     result = CliRunner().invoke(main, ["report", *_cli_args(run_dir, registry), "--tokens-per-second", "500"])
     assert result.exit_code == 0, result.output

@@ -176,6 +176,9 @@ def _frames(run_dir: Path) -> dict[str, pl.DataFrame]:
             for p in sorted((run_dir / stage).rglob("*.parquet"))}
 
 
+@pytest.mark.slurm
+@pytest.mark.root
+@pytest.mark.slow
 def test_slurm_run_equals_the_local_executor(env, tmp_path, tiny_spec_file):
     teachers = [_model(tmp_path, tiny_spec_file, n, sampling={"temperature": t, "top_p": 1.0, "max_tokens": 8})
                 for n, t in (("tiny-a", 0.8), ("tiny-b", 1.0))]
@@ -218,6 +221,9 @@ def test_slurm_run_equals_the_local_executor(env, tmp_path, tiny_spec_file):
                                                                        *extra)).stdout
 
 
+@pytest.mark.slurm
+@pytest.mark.root
+@pytest.mark.slow
 def test_failed_shard_cancels_dependents_and_a_rerun_does_only_what_is_missing(env, tmp_path, tiny_spec_file):
     teacher = _model(tmp_path, tiny_spec_file, "tiny-t")
     run = tmp_path / "run"
@@ -261,6 +267,8 @@ def test_failed_shard_cancels_dependents_and_a_rerun_does_only_what_is_missing(e
     assert "all stages done" in _slurm_cli(env, "status", "--run-dir", str(run)).stdout
 
 
+@pytest.mark.slurm
+@pytest.mark.root
 def test_fake_gpus_each_task_gets_its_own_device(env, cluster, tmp_path, tiny_spec_file):
     if cluster.gpus < 2:
         pytest.skip(cluster.no_gpus_because)
@@ -286,6 +294,8 @@ def test_fake_gpus_each_task_gets_its_own_device(env, cluster, tmp_path, tiny_sp
     assert sorted(seen.values()) == ["0", "1"], seen
 
 
+@pytest.mark.slurm
+@pytest.mark.root
 def test_usr1_before_the_time_limit_stops_and_requeues_the_task(env, cluster, tmp_path, tiny_spec_file):
     run = tmp_path / "run"
     args = _run_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1)

@@ -241,6 +241,7 @@ def straight_run(tiny_cfg) -> Path:
     return Path(tiny_cfg.out_dir) / "adapter"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_exact(tiny_cfg, straight_run, tmp_path):
     cfg = replace(tiny_cfg, out_dir=str(tmp_path / "killed"), save_steps=2)   # save_steps does not change weights
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -274,6 +275,7 @@ def test_kill_and_resume_is_exact(tiny_cfg, straight_run, tmp_path):
     assert not ckpts.exists()
 
 
+@pytest.mark.slow
 def test_card_and_log(tiny_cfg, straight_run):
     card = json.loads((straight_run / "card.json").read_text())
     assert card["dataset"]["sha256"] == hashlib.sha256(Path(tiny_cfg.records).read_bytes()).hexdigest()
@@ -297,6 +299,7 @@ def test_card_and_log(tiny_cfg, straight_run):
     assert not (Path(tiny_cfg.out_dir) / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_adapter_reloads_and_changes_logits(tiny_cfg, straight_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -311,6 +314,7 @@ def test_adapter_reloads_and_changes_logits(tiny_cfg, straight_run):
     assert after.shape == before.shape and (after - before).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_finished_run_is_returned_and_guarded(tiny_cfg, straight_run):
     stamp = (straight_run / "adapter_model.safetensors").stat().st_mtime_ns
     assert train(tiny_cfg) == straight_run                              # done: nothing loads, nothing changes
@@ -319,6 +323,7 @@ def test_finished_run_is_returned_and_guarded(tiny_cfg, straight_run):
         train(replace(tiny_cfg, alpha=0.7))
 
 
+@pytest.mark.slow
 def test_training_continues_from_a_previous_adapter(tiny_cfg, straight_run, tmp_path):
     """A later round starts from the last round's adapter: its first loss is the trained one,
     not a fresh adapter's, and the starting weights' checksum is part of the identity."""
@@ -335,6 +340,7 @@ def test_training_continues_from_a_previous_adapter(tiny_cfg, straight_run, tmp_
 
 # ---------------------------------------------------------------- the real student, 4-bit
 
+@pytest.mark.slow
 def test_real_smollm2_steps_in_4bit(smol_spec, tmp_path):
     """Two optimizer steps on the same two short records with SmolLM2-135M in NF4: the loss is
     finite and falls, and the adapter moved away from its init (LoRA B starts at zero)."""
