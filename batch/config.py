@@ -80,7 +80,7 @@ class RunConfig:
 
     def validate(self, source: str = "the options") -> None:
         """Values, checked before any work: names the key at fault."""
-        from training.config import PRESETS as TRAIN_PRESETS, TrainConfig
+        from mapd.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
 
         from .committee import policy_from
         from .tasks import get_task

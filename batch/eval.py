@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from local_teachers.registry import load_spec
+from mapd.local_teachers.registry import load_spec
 
 from .config import RunConfig
 from .exam import StudentAnswers, with_lora

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
-from local_teachers.engine import Request
-from local_teachers.registry import ModelSpec, load_spec
+from mapd.local_teachers.engine import Request
+from mapd.local_teachers.registry import ModelSpec, load_spec
 
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from local_teachers.pool import EnginePool
+from mapd.local_teachers.pool import EnginePool
 
 from .eval import results_table
 from .graph import Graph

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from local_teachers.engine import go_offline
+from mapd.local_teachers.engine import go_offline
 
-from .graph import Graph
 from .config import CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, PAPER_SEED, SELECTIONS, ConfigError, RunConfig
+from .graph import Graph
 from .shards import StaleShardError
 
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from local_teachers.engine import Request
+from mapd.local_teachers.engine import Request
 
 from .committee import parse_score, policy_from
 from .config import request_seed

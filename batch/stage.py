@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from local_teachers.registry import ModelSpec
+from mapd.local_teachers.registry import ModelSpec
 
 from .config import RunConfig
 from .shards import StaleShardError, read_manifest, read_stage, shard_path, why_not_done, write_shard
@@ -180,7 +180,7 @@ class ModelStage(Stage):
         if todo:
             self.check_inputs(list(todo))
         if todo and pool is None:
-            from local_teachers.pool import EnginePool
+            from mapd.local_teachers.pool import EnginePool
             pool = EnginePool()
         engine = pool.get(self.spec) if todo else None
         t0 = time.perf_counter()

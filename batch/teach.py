@@ -8,8 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from local_teachers.engine import Request
-from local_teachers.registry import load_spec
+from mapd.local_teachers.engine import Request
+from mapd.local_teachers.registry import load_spec
 
 from .config import request_seed
 from .exam import Exam

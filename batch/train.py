@@ -8,7 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from local_teachers.registry import load_spec, require_local
+from mapd.local_teachers.registry import load_spec, require_local
 
 from .dataset import Dataset
 from .shards import file_sha256
@@ -33,7 +33,7 @@ class Train(WholeRunStage):
         return [cls(graph.one("dataset"))]
 
     def config(self):
-        from training import preset
+        from mapd.training import preset
 
         return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
                       out_dir=str(self.dir), init_adapter=self.cfg.init_adapter,
@@ -55,7 +55,7 @@ class Train(WholeRunStage):
         return None
 
     def make(self) -> None:
-        from training import train
+        from mapd.training import train
 
         require_local(self.spec)
         cfg = self.config()
@@ -84,7 +84,7 @@ class Train(WholeRunStage):
     def _trained_with(self, cfg) -> bool | str | None:
         """What the folder holds: None (nothing), True (an adapter or checkpoint of ``cfg``
         and its records) or the reason it is outdated."""
-        from training import checkpoint
+        from mapd.training import checkpoint
 
         card = self.adapter / "card.json"
         last = checkpoint.latest(self.dir / "checkpoints")

@@ -5,9 +5,9 @@ import logging
 import sys
 from pathlib import Path
 
-from batch.config import RunConfig
-from batch.graph import Graph
-from local_teachers.engine import go_offline
+from mapd.batch.config import RunConfig
+from mapd.batch.graph import Graph
+from mapd.local_teachers.engine import go_offline
 
 
 def open_run(run_dir: Path, **options) -> Graph:

@@ -15,11 +15,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import click  # noqa: E402
 
-from batch.prompts import load_prompt  # noqa: E402
-from batch.tasks import get_task  # noqa: E402
-from local_teachers.engine import Request, go_offline
-from local_teachers.pool import load_engine  # noqa: E402
-from local_teachers.registry import Sampling, load_spec  # noqa: E402
+from mapd.batch.prompts import load_prompt  # noqa: E402
+from mapd.batch.tasks import get_task  # noqa: E402
+from mapd.local_teachers.engine import Request, go_offline
+from mapd.local_teachers.pool import load_engine  # noqa: E402
+from mapd.local_teachers.registry import Sampling, load_spec  # noqa: E402
 
 
 @click.command()

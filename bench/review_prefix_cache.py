@@ -29,9 +29,9 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
-from local_teachers.engine import Request
-from local_teachers.pool import EnginePool
-from local_teachers.registry import Sampling, load_spec
+from mapd.local_teachers.engine import Request
+from mapd.local_teachers.pool import EnginePool
+from mapd.local_teachers.registry import Sampling, load_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakes import ScriptedEngine  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
-from local_teachers.pool import EnginePool
+from mapd.local_teachers.pool import EnginePool
 
 
 def timed(fn, into: dict, key: str):

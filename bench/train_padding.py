@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import click  # noqa: E402
 import polars as pl  # noqa: E402
 
-from batch.prompts import load_prompt  # noqa: E402
-from local_teachers.registry import load_spec  # noqa: E402
+from mapd.batch.prompts import load_prompt  # noqa: E402
+from mapd.local_teachers.registry import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +59,10 @@ def build_records(n: int) -> pl.DataFrame:
 def main(n_records, steps, batch_size, max_length, model, quantize):
     from transformers import AutoTokenizer
 
-    from training.config import TrainConfig
-    from training.data import encode_records, padding_fraction, plan_batches
-    from training.loop import train_step
-    from training.qlora import load_model, make_optimizer, make_scheduler, pick_device, set_cpu_threads
+    from mapd.training.config import TrainConfig
+    from mapd.training.data import encode_records, padding_fraction, plan_batches
+    from mapd.training.loop import train_step
+    from mapd.training.qlora import load_model, make_optimizer, make_scheduler, pick_device, set_cpu_threads
 
     path = load_spec(model).path
     device = pick_device()

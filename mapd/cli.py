@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from batch.commands import COMMANDS as RUN_COMMANDS
-from slurm.commands import COMMANDS as SLURM_COMMANDS
+from mapd.batch.commands import COMMANDS as RUN_COMMANDS
+from mapd.slurm.commands import COMMANDS as SLURM_COMMANDS
 
 
 @click.group()

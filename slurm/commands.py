@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from batch.graph import NAMES
-from batch.options import run_options, user_errors
+from mapd.batch.graph import NAMES
+from mapd.batch.options import run_options, user_errors
 
 from .resources import SlurmOptions
 

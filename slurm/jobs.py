@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batch.shards import atomic_write
+from mapd.batch.shards import atomic_write
 
 # Names that end up in file names, job names and #SBATCH lines: nothing a shell or sbatch
 # would read as anything but a name.

@@ -9,8 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from local_teachers.engine import OFFLINE_ENV
-from local_teachers.registry import cache_dir
+from mapd.local_teachers.engine import OFFLINE_ENV
+from mapd.local_teachers.registry import cache_dir
 
 from .cluster import SubmitError
 from .jobs import Job, array_spec

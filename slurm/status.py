@@ -8,9 +8,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from batch.config import RunConfig
-from batch.graph import Graph
-from batch.shards import file_sha256
+from mapd.batch.config import RunConfig
+from mapd.batch.graph import Graph
+from mapd.batch.shards import file_sha256
 
 from .cluster import CATEGORIES, category, query_jobs
 from .jobs import jobs_file, read_jobs, run_jobs

@@ -16,9 +16,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batch.graph import NAMES, Graph
-from batch.shards import atomic_write, file_sha256
-from local_teachers.registry import require_local
+from mapd.batch.graph import NAMES, Graph
+from mapd.batch.shards import atomic_write, file_sha256
+from mapd.local_teachers.registry import require_local
 
 from .cluster import TERMINAL, NodeLimits, SubmitError, node_limits, query_jobs, slurm_command
 from .jobs import Job, array_spec, read_jobs, run_jobs, write_jobs

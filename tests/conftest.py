@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_teachers.engine import go_offline
-from local_teachers.pool import load_engine
-from local_teachers.registry import load_spec, require_local
+from mapd.local_teachers.engine import go_offline
+from mapd.local_teachers.pool import load_engine
+from mapd.local_teachers.registry import load_spec, require_local
 
 go_offline()
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

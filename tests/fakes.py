@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from local_teachers.engine import Completion, Request, Usage
+from mapd.local_teachers.engine import Completion, Request, Usage
 
 
 class ScriptedEngine:

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from batch.committee import PRESETS, Decision, Policy, Score, ScoreStatus, decide, parse_score, policy_from
+from mapd.batch.committee import PRESETS, Decision, Policy, Score, ScoreStatus, decide, parse_score, policy_from
 
 OK, NONE, OUT = ScoreStatus.OK, ScoreStatus.NO_SCORE, ScoreStatus.OUT_OF_RANGE
 

@@ -28,11 +28,11 @@ import polars as pl
 import pytest
 import yaml
 
-from batch.config import RunConfig
-from batch.train import Train
-from batch.graph import Graph
-from batch.local import run_local
-from batch.shards import StaleShardError, file_sha256, manifest_path
+from mapd.batch.config import RunConfig
+from mapd.batch.train import Train
+from mapd.batch.graph import Graph
+from mapd.batch.local import run_local
+from mapd.batch.shards import StaleShardError, file_sha256, manifest_path
 
 from fakes import ScriptedEngine, ScriptedPool
 

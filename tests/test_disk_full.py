@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batch.config import RunConfig
-from batch.exam import SCHEMA, Exam
-from batch.shards import file_sha256, manifest_path, read_stage, why_not_done
+from mapd.batch.config import RunConfig
+from mapd.batch.exam import SCHEMA, Exam
+from mapd.batch.shards import file_sha256, manifest_path, read_stage, why_not_done
 
 from fakes import ScriptedEngine, ScriptedPool
 

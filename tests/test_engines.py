@@ -3,10 +3,10 @@ from dataclasses import replace
 
 import pytest
 
-from batch.prompts import load_prompt
-from batch.tasks import get_task
-from local_teachers.engine import Request
-from local_teachers.registry import Sampling, load_spec
+from mapd.batch.prompts import load_prompt
+from mapd.batch.tasks import get_task
+from mapd.local_teachers.engine import Request
+from mapd.local_teachers.registry import Sampling, load_spec
 
 GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=96)
 

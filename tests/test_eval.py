@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from batch.config import RunConfig
-from batch.eval import Eval, results_table
+from mapd.batch.config import RunConfig
+from mapd.batch.eval import Eval, results_table
 
 from fakes import ScriptedPool
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batch.config import RunConfig
-from batch.exam import SCHEMA, Exam
-from batch.shards import manifest_path, shard_path
+from mapd.batch.config import RunConfig
+from mapd.batch.exam import SCHEMA, Exam
+from mapd.batch.shards import manifest_path, shard_path
 
 from fakes import ScriptedEngine, ScriptedPool
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batch.tasks import TASKS, Graded, Question, Verdict
-from batch.tasks.grading import (canonical_number, extract_choice, grade_choice,
+from mapd.batch.tasks import TASKS, Graded, Question, Verdict
+from mapd.batch.tasks.grading import (canonical_number, extract_choice, grade_choice,
                                  grade_number, grade_yesno)
 
 C, W, U = Verdict.CORRECT, Verdict.WRONG, Verdict.UNPARSEABLE

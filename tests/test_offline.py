@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 import yaml
 
-from local_teachers.engine import OFFLINE_ENV
-from local_teachers.registry import REGISTRY_DIR
+from mapd.local_teachers.engine import OFFLINE_ENV
+from mapd.local_teachers.registry import REGISTRY_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("batch", "local_teachers", "training", "slurm")
@@ -124,7 +124,7 @@ def test_vllm_with_the_loopback_down_says_so(monkeypatch, smol_spec):
     importing it takes longer than the rest of this file's checks together."""
     import types
 
-    from local_teachers.pool import load_engine
+    from mapd.local_teachers.pool import load_engine
 
     def llm(**kwargs):
         raise RuntimeError("[enforce fail at gloo/transport/tcp/device.cc:212] ifa != nullptr. "

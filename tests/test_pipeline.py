@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 import yaml
 
-from batch.config import RunConfig
-from batch.graph import Graph
-from batch.local import run_local
-from batch.stats import format_stats
-from local_teachers.pool import EnginePool
+from mapd.batch.config import RunConfig
+from mapd.batch.graph import Graph
+from mapd.batch.local import run_local
+from mapd.batch.stats import format_stats
+from mapd.local_teachers.pool import EnginePool
 
 from fakes import ScriptedEngine, ScriptedPool
 
@@ -266,7 +266,7 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
 def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(cfg):
     """A student that answers nothing or garbage (with undecodable bytes shown as U+FFFD) and a
     teacher that writes nothing: every row is kept, and the summary counts each kind of loss."""
-    from batch.summary import run_summary, write_summary
+    from mapd.batch.summary import run_summary, write_summary
 
     graph = Graph(cfg)
     gold_of = {q.text: q.gold for q in graph.one("exam").questions}
@@ -295,9 +295,9 @@ def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(c
 def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_path, monkeypatch):
     """A policy, a teacher's model path, a review prompt or the seed: the plan names the stages
     that will run again and why, and keeps every other one."""
-    from batch.graph import format_plan
-    from batch.prompts import load_prompt, prompts_dir
-    from local_teachers.registry import load_spec
+    from mapd.batch.graph import format_plan
+    from mapd.batch.prompts import load_prompt, prompts_dir
+    from mapd.local_teachers.registry import load_spec
 
     _run(cfg)
 
@@ -337,7 +337,7 @@ def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_pat
 
 
 def test_a_stage_refuses_missing_inputs_before_loading_its_model(cfg):
-    from batch.shards import StaleShardError
+    from mapd.batch.shards import StaleShardError
 
     class NoLoading:
         def get(self, spec):

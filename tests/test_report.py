@@ -17,10 +17,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from batch.config import RunConfig
-from batch.graph import Graph
-from batch.local import results, run_local
-from batch.report import write_report
+from mapd.batch.config import RunConfig
+from mapd.batch.graph import Graph
+from mapd.batch.local import results, run_local
+from mapd.batch.report import write_report
 from mapd.cli import main
 
 from fakes import ScriptedEngine, ScriptedPool

@@ -3,8 +3,8 @@ import json
 import polars as pl
 import pytest
 
-from batch.config import request_seed, shard_slice
-from batch.shards import (StaleShardError, fingerprint, manifest_path, read_stage, shard_path,
+from mapd.batch.config import request_seed, shard_slice
+from mapd.batch.shards import (StaleShardError, fingerprint, manifest_path, read_stage, shard_path,
                           why_not_done, write_shard)
 
 IDENTITY = {"stage": "exam", "task": "svamp", "limit": 16, "seed": 731}

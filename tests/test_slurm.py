@@ -16,14 +16,14 @@ import polars as pl
 import pytest
 import yaml
 
-from batch.config import RunConfig
-from batch.graph import Graph
-from batch.local import run_local
-from batch.shards import manifest_path
-from slurm.jobs import array_spec, parse_array
-from slurm.cluster import SubmitError
-from slurm.resources import SlurmOptions, time_seconds
-from slurm.submit import prepare, submit
+from mapd.batch.config import RunConfig
+from mapd.batch.graph import Graph
+from mapd.batch.local import run_local
+from mapd.batch.shards import manifest_path
+from mapd.slurm.jobs import array_spec, parse_array
+from mapd.slurm.cluster import SubmitError
+from mapd.slurm.resources import SlurmOptions, time_seconds
+from mapd.slurm.submit import prepare, submit
 from slurm_cluster import LocalCluster, why_cannot_start
 
 ROOT = Path(__file__).resolve().parents[1]

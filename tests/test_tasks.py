@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batch.tasks import TASKS, DataError, Question, Verdict, get_task
-from batch.tasks.base import DATA_DIR
-from batch.tasks.logiqa import order_options, strip_option_prefix
-from batch.tasks.svamp import SPLIT_FILE, make_split, write_split
+from mapd.batch.tasks import TASKS, DataError, Question, Verdict, get_task
+from mapd.batch.tasks.base import DATA_DIR
+from mapd.batch.tasks.logiqa import order_options, strip_option_prefix
+from mapd.batch.tasks.svamp import SPLIT_FILE, make_split, write_split
 
 COUNTS = {"gsm8k": (7473, 1319), "svamp": (700, 300),
           "strategyqa": (2061, 229), "logiqa": (651, 651)}
@@ -296,7 +296,7 @@ def test_wrong_path(tmp_path):
 
 
 def test_missing_original_file_is_a_data_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("batch.tasks.base.DATA_DIR", tmp_path)
+    monkeypatch.setattr("mapd.batch.tasks.base.DATA_DIR", tmp_path)
     with pytest.raises(DataError, match=r"strategyqa/dev\.json: no such file"):
         TASKS["strategyqa"].load("test")
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training import PRESETS, RecordsError, TrainConfig, preset, train
-from training.data import IGNORE, KINDS, collate, encode_records, load_records, padding_fraction, plan_batches
-from training.loss import combined_loss
+from mapd.training import PRESETS, RecordsError, TrainConfig, preset, train
+from mapd.training.data import IGNORE, KINDS, collate, encode_records, load_records, padding_fraction, plan_batches
+from mapd.training.loss import combined_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT / "batch" / "data" / "gsm8k" / "train.jsonl"
@@ -202,7 +202,7 @@ def test_presets_and_config_checks():
 
 RUNNER = """
 import json, sys, time
-from training import TrainConfig, train
+from mapd.training import TrainConfig, train
 cfg, delay = TrainConfig(**json.loads(sys.argv[1])), float(sys.argv[2])
 train(cfg, on_step=(lambda step, record: time.sleep(delay)) if delay else None)
 """

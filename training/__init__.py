@@ -1,6 +1,6 @@
 """QLoRA fine-tuning of the student with the combined loss alpha * L_feedback + (1 - alpha) * L_rationale.
 
-    from training import TrainConfig, train
+    from mapd.training import TrainConfig, train
     adapter_dir = train(TrainConfig(base_model=..., records="runs/.../dataset/records.parquet", out_dir=...))
 
 Importing the package is light (no torch): the configuration is checked before any work.
