@@ -36,11 +36,11 @@ class RunConfig:
     seed: int = PAPER_SEED
     num_shards: int = 1
     teachers: tuple[str, ...] = DEMO_COMMITTEE   # registry names or YAML paths
-    policy: str = "default"             # acceptance preset (batch.committee.PRESETS)
+    policy: str = "default"             # acceptance preset (mapd.batch.committee.PRESETS)
     policy_overrides: dict = field(default_factory=dict)   # Policy fields over the preset
     selection: str = "paper"            # paper: one rationale + one feedback per question; all
     feedback: bool = True               # False: the no-feedback ablation
-    train_preset: str = "qlora"         # training.PRESETS: qlora | paper
+    train_preset: str = "qlora"         # mapd.training.PRESETS: qlora | paper
     train_overrides: dict = field(default_factory=dict)    # TrainConfig fields over the preset
     init_adapter: str | None = None     # a later round: the student's adapter from the round before
 

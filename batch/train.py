@@ -1,5 +1,5 @@
 """TRAIN as a stage of a run: QLoRA on the dataset's records (training/ does the work), the
-adapter in <run>/train/adapter. training.train resumes from its last checkpoint and returns
+adapter in <run>/train/adapter. mapd.training.train resumes from its last checkpoint and returns
 at once when the adapter of this exact config and records already exists."""
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 @dataclass
 class Job:
-    stage: object                   # the batch.stage.Stage it runs
+    stage: object                   # the mapd.batch.stage.Stage it runs
     pending: dict[int, str]         # {shard: why not done}; a stage that is not sharded has shard 0
     needs: list[str] = field(default_factory=list)  # keys of the jobs whose output it reads
 

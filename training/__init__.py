@@ -9,7 +9,7 @@ from .config import PRESETS, RecordsError, TrainConfig, preset
 
 
 def train(cfg: TrainConfig, **options):
-    """Train (or resume, or return the finished adapter of ``cfg``); see training.loop.train."""
+    """Train (or resume, or return the finished adapter of ``cfg``); see mapd.training.loop.train."""
     from .loop import train as run
 
     return run(cfg, **options)

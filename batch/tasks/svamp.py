@@ -5,7 +5,7 @@ ID, Body, Question, Equation, Answer (a float) and Type. SVAMP ships no
 train/test split, so this project draws one: the IDs sorted as strings are
 shuffled with random.Random(731) and the first 70 % (700) are "train", the
 rest (300) "test". The result is committed as split.json next to the data so
-that it never silently changes; `python -m batch.tasks.svamp` regenerates it.
+that it never silently changes; `python -m mapd.batch.tasks.svamp` regenerates it.
 The Hugging Face copy ChilleD/SVAMP has the same fields and its own 700/300
 split, which the datasets route uses as is.
 """
