@@ -236,8 +236,11 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     assert again.returncode == 0, again.stderr
     assert "not written yet" not in again.stderr and "train: done, skipped" in again.stderr
 
+    # The saved configuration is kept: another setting needs --reconfigure.
+    refused = subprocess.run(args + ["--no-feedback"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "feedback: True -> False" in refused.stderr
     # Without feedback the teachers' work, the records and so the adapter and its eval change.
-    third = subprocess.run(args + ["--no-feedback"], capture_output=True, text=True, timeout=600)
+    third = subprocess.run(args + ["--no-feedback", "--reconfigure"], capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr
     assert "trained on other records: starting again" in third.stderr
     assert "eval/base shard 0/1: done, skipped" in third.stderr

@@ -150,13 +150,13 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
     path = run_dir / "report" / "index.html"
     assert result.output.strip() == str(path)
     page = path.read_text()
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert (results["base_accuracy"], results["distilled_accuracy"]) == (0.25, 0.75)
+    table = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert (table["base_accuracy"], table["distilled_accuracy"]) == (0.25, 0.75)
     assert "<td>this run</td><td>tiny-llama</td><td>4</td><td>25.0%</td><td>75.0%</td>" in page
     assert "<td>44.71%</td><td>59.50%</td>" in page and "arXiv 2410.03663" in page
     card = json.loads((graph.one("train").adapter / "card.json").read_text())
     assert f"<td>steps</td><td>{card['steps']}</td>" in page and 'class="missing"' not in page
-    assert re.search(r"<td>eval distilled</td><td>300</td>", page) and "500 tokens/s" in page
+    assert re.search(r"<td>eval/distilled</td><td>300</td>", page) and "500 tokens/s" in page
     assert len(_pngs(page)) == 4
 
     # Rendered: every image decodes in the browser (natural width > 0), and the page is not blank.
