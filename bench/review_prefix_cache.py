@@ -44,7 +44,7 @@ def review_requests(run_dir: Path, task: str, limit: int) -> list[dict]:
     with EnginePool() as pool:
         for stage in [graph.one("exam"), *graph.named("teach")]:
             if stage.pending():
-                print(f"running {stage.label} for the rationales to review ...", flush=True)
+                print(f"running {stage.key} for the rationales to review ...", flush=True)
                 stage.run(pool=pool)
     groups = []
     for review in graph.named("review"):

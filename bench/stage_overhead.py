@@ -17,7 +17,6 @@ no engine, all bookkeeping: its wall time against the whole run's.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import click
 from common import open_run, quiet_logging
 
+from mapd.batch.local import run_local
 from mapd.local_teachers.pool import EnginePool
 
 
@@ -47,31 +47,32 @@ def timed(fn, into: dict, key: str):
 @click.option("--max-steps", default=4, show_default=True, help="training steps, for a new run")
 def main(run_dir, task, limit, max_steps):
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="mapd-bench-overhead-"))
-    p = open_run(run_dir, task=task, limit=limit, policy="paper", train_overrides=(("max_steps", max_steps),))
+    p = open_run(run_dir, task=task, limit=limit, policy="paper", train_overrides={"max_steps": max_steps})
     quiet_logging(run_dir)
     todo = [label for label, reason in p.plan() if reason]
     dataset_todo = "dataset" in todo
     times: dict[str, float] = {}
-    p.dataset.run = timed(p.dataset.run, times, "dataset")
+    dataset = p.one("dataset")
+    dataset.make = timed(dataset.make, times, "dataset")
     with EnginePool() as pool:
         t0 = time.perf_counter()
         run_local(p, pool)
         times["run"] = time.perf_counter() - t0
     if not dataset_todo:       # done before: time its work again, without writing
         t0 = time.perf_counter()
-        p.dataset.select(p.dataset.decisions())
+        dataset.select(dataset.decisions())
         times["dataset"] = time.perf_counter() - t0
 
     print(f"\ntime outside the engine and training calls, {run_dir} ({p.cfg.task}, {p.cfg.limit} questions), "
           f"{os.cpu_count()} CPUs")
     print("| stage | wall s | engine / training s | outside s | outside |")
     print("|---|---|---|---|---|")
-    stages = [s.figures() for s in (*p.model_stages(), p.eval_base, p.eval_distilled())]
+    stages = [s.figures() for s in p if s.sharded]          # the stages that generate
     for f in stages:
         outside = f["wall_seconds"] - f["engine_seconds"]
         print(f"| {f['stage']} ({f['generations']} generations) | {f['wall_seconds']:.1f} | {f['engine_seconds']:.1f} | "
               f"{outside:.2f} | {outside / f['wall_seconds']:.2%} |")
-    card = json.loads((p.train.adapter / "card.json").read_text())
+    card = p.one("train").card()
     outside = card["wall_seconds"] - card["train_seconds"]
     print(f"| train ({card['steps']} steps, with model load) | {card['wall_seconds']:.1f} | {card['train_seconds']:.1f} | "
           f"{outside:.2f} | {outside / card['wall_seconds']:.2%} |")
