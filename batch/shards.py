@@ -44,12 +44,21 @@ def manifest_path(shard_file: Path) -> Path:
     return shard_file.with_suffix(".manifest.json")
 
 
+def umask() -> int:
+    mask = os.umask(0o022)      # the only way to read it is to set it: set it back at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file in ``path``'s folder, then rename it over
     ``path``: readers see the old file or the complete new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600 whatever the umask: on a shared filesystem the group
+        # should read what a teammate's run wrote, as with any file created under the umask.
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mapd.batch.graph import NAMES, Graph
-from mapd.batch.shards import atomic_write, file_sha256
+from mapd.batch.shards import atomic_write, file_sha256, umask
 from mapd.local_teachers.registry import require_local
 
 from .cluster import TERMINAL, NodeLimits, SubmitError, node_limits, query_jobs, slurm_command
@@ -151,7 +151,7 @@ def submit(graph: Graph, opts: SlurmOptions, shards: list[int] | None = None) ->
         p.script.parent.mkdir(parents=True, exist_ok=True)
         Path(p.log_pattern).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(p.script, lambda f, t=p.text: f.write(t.encode()))
-        p.script.chmod(0o755)
+        p.script.chmod(0o777 & ~umask())      # executable, readable as the umask allows
     if opts.dry_run:
         by_key = {p.job.key: p for p in planned}
         for p in planned:

@@ -1,11 +1,13 @@
 import json
+import os
+import stat
 
 import polars as pl
 import pytest
 
 from mapd.batch.config import request_seed, shard_slice
 from mapd.batch.shards import (StaleShardError, fingerprint, manifest_path, read_stage, shard_path,
-                          why_not_done, write_shard)
+                               why_not_done, write_shard)
 
 IDENTITY = {"stage": "exam", "task": "svamp", "limit": 16, "seed": 731}
 
@@ -85,3 +87,17 @@ def test_request_seeds_are_stable_and_distinct():
     seeds = {request_seed(731, "exam", f"chal-{i}") for i in range(1000)}
     assert len(seeds) == 1000 and all(0 <= s < 2**31 for s in seeds)
     assert request_seed(732, "exam", "chal-1") != request_seed(731, "exam", "chal-1")
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_honour_the_umask(tmp_path, mask, mode):
+    """Written atomically (through a private temporary file), yet as readable as the umask says:
+    on a shared filesystem the group reads a teammate's shards."""
+    old = os.umask(mask)
+    try:
+        write_shard(pl.DataFrame({"a": [1]}), tmp_path / "s.parquet", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s.parquet").stat().st_mode) == mode
+    assert stat.S_IMODE(manifest_path(tmp_path / "s.parquet").stat().st_mode) == mode
+

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,6 +214,16 @@ def _env() -> dict:
             "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+class Planted:
+    """Unpickled without weights_only, it runs a command (it touches ``marker``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def _start(cfg: TrainConfig, delay: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(asdict(cfg)), str(delay)], cwd=ROOT,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -257,7 +268,22 @@ def test_kill_and_resume_is_exact(tiny_cfg, straight_run, tmp_path):
     killed_at = max(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
     assert 2 <= killed_at < 20
 
+    # A run dir is data, never code. Someone who can write to it plants pickles that would run
+    # code when loaded: one under the old RNG file name (never read), one as the optimizer state
+    # (refused, in a copy of the run).
+    marker = tmp_path / "code-ran"
+    (checkpoint,) = ckpts.glob("step-*")
+    torch.save(Planted(marker), checkpoint / "rng.pt")
+    planted = tmp_path / "planted"
+    shutil.copytree(tmp_path / "killed", planted)
+    torch.save(Planted(marker), planted / "checkpoints" / checkpoint.name / "optimizer.pt")
+    proc = _start(replace(cfg, out_dir=str(planted)))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Weights only load failed" in out, out[-3000:]
+    assert not marker.exists()
+
     _finish(_start(cfg))
+    assert not marker.exists()
     adapter = tmp_path / "killed" / "adapter"
     a = load_file(straight_run / "adapter_model.safetensors")
     b = load_file(adapter / "adapter_model.safetensors")

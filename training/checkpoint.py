@@ -1,7 +1,7 @@
 """Exact, atomic training checkpoints.
 
 A checkpoint is a folder `checkpoints/step-XXXXXXXX/` holding the adapter weights, the optimizer
-and scheduler states, every RNG state, and `state.json` (step, epoch, position in the epoch, the
+and scheduler states, every RNG state (safetensors and JSON), and `state.json` (step, epoch, position in the epoch, the
 epoch's batch order, counters, the config identity). It is written under a temporary name and
 renamed, so a run killed while saving leaves either the previous checkpoint or the new one, never
 half of one. Restoring all of it makes a resumed run take exactly the steps an uninterrupted one
@@ -39,18 +39,24 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+def save_rng(folder: Path) -> None:
+    """Every RNG state in plain formats (safetensors, JSON): loading them runs no code, so a
+    checkpoint in a shared run dir cannot run code as the next user who resumes from it."""
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, folder / "rng.safetensors")
+    (folder / "rng_python.json").write_text(json.dumps(random.getstate()))
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_rng(folder: Path) -> None:
+    tensors = load_file(folder / "rng.safetensors")
+    version, internal, gauss = json.loads((folder / "rng_python.json").read_text())
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda{i}"] for i in range(len(tensors) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save(root: Path, model, optimizer, scheduler, state: dict) -> Path:
@@ -65,7 +71,7 @@ def save(root: Path, model, optimizer, scheduler, state: dict) -> Path:
     save_file(adapter, tmp / "adapter.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    save_rng(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_tree(tmp)
     if final.exists():          # the same step saved twice (epoch end == save_steps): replace it
@@ -106,7 +112,8 @@ def restore(path: Path, model, optimizer, scheduler) -> dict:
     loaded = get_peft_model_state_dict(model)
     if loaded.keys() != adapter.keys() or not all(torch.equal(loaded[k], adapter[k]) for k in adapter):
         raise RuntimeError(f"{path}: the checkpoint's adapter does not fit this model's LoRA layers")
+    # weights_only: torch refuses a pickle that would run code (a checkpoint is data, never code).
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))   # our own file: python's RNG tuple
+    load_rng(path)
     return read_state(path)
