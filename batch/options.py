@@ -17,6 +17,9 @@ from .config import CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, PAPER
 from .graph import Graph
 from .shards import StaleShardError
 
+# Options that set a RunConfig field of the same name.
+CONFIG_OPTIONS = ("task", "student", "engine", "data", "limit", "seed", "num_shards", "policy", "selection",
+                  "train_preset")
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
 POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
 TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps")
@@ -46,8 +49,7 @@ def user_errors(f):
 
 def _given(values: dict) -> dict:
     """The RunConfig fields the options set (an option left out sets nothing)."""
-    given = {k: values[k] for k in ("task", "student", "engine", "data", "limit", "seed", "num_shards", "policy",
-                                    "selection", "train_preset") if values[k] is not None}
+    given = {k: values[k] for k in CONFIG_OPTIONS if values[k] is not None}
     if values["teachers"] is not None:
         given["teachers"] = tuple(t.strip() for t in values["teachers"].split(",") if t.strip())
     if values["no_feedback"]:
@@ -125,8 +127,7 @@ def run_options(*, writes: bool):
         @functools.wraps(f)
         @user_errors
         def wrapper(run_dir, reconfigure, verbose, **values):
-            names = ("task", "student", "teachers", "engine", "data", "limit", "seed", "num_shards", "policy",
-                     "selection", "no_feedback", "train_preset", *POLICY_OPTIONS, *TRAIN_OPTIONS)
+            names = (*CONFIG_OPTIONS, "teachers", "no_feedback", *POLICY_OPTIONS, *TRAIN_OPTIONS)
             given = _given({k: values.pop(k) for k in names})
             cfg = resolve(run_dir, given, reconfigure)
             setup_logging(cfg.run_dir if writes else None, verbose)

@@ -104,8 +104,8 @@ class Stage:
         return {"stage": self.key}
 
     def outcome(self, figures: dict) -> str:
-        """One line for the console after ``run``."""
-        return f"{self.key}: {figures.get('shards_run', 0)} output(s) written"
+        """What the console shows after ``run``."""
+        raise NotImplementedError
 
     def summary_line(self) -> dict:
         raise NotImplementedError

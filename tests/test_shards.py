@@ -101,3 +101,17 @@ def test_files_honour_the_umask(tmp_path, mask, mode):
     assert stat.S_IMODE((tmp_path / "s.parquet").stat().st_mode) == mode
     assert stat.S_IMODE(manifest_path(tmp_path / "s.parquet").stat().st_mode) == mode
 
+
+def test_a_checksum_follows_every_write_of_the_file(tmp_path):
+    """Checksums are remembered per version of a file; a rewrite in place, same size, is a new one."""
+    from mapd.training.config import file_sha256
+
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 64)
+    first = file_sha256(path)
+    assert file_sha256(path) == first
+    path.write_bytes(b"b" * 64)
+    assert file_sha256(path) != first
+    path.write_bytes(b"a" * 64)
+    assert file_sha256(path) == first
+
