@@ -59,14 +59,15 @@ def build_records(n: int) -> pl.DataFrame:
 def main(n_records, steps, batch_size, max_length, model, quantize):
     from transformers import AutoTokenizer
 
+    from mapd.local_teachers.threads import fit_threads
     from mapd.training.config import TrainConfig
     from mapd.training.data import encode_records, padding_fraction, plan_batches
     from mapd.training.loop import train_step
-    from mapd.training.qlora import load_model, make_optimizer, make_scheduler, pick_device, set_cpu_threads
+    from mapd.training.qlora import load_model, make_optimizer, make_scheduler, pick_device
 
     path = load_spec(model).path
     device = pick_device()
-    threads = set_cpu_threads() if device.type == "cpu" else None
+    threads = fit_threads() if device.type == "cpu" else None
     cfg = TrainConfig(base_model=path, records="-", out_dir="-", batch_size=batch_size, max_length=max_length,
                       quantize=quantize, warmup_ratio=0.0)
     tokenizer = AutoTokenizer.from_pretrained(path)

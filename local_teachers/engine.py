@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, replace
 
 from .registry import ModelSpec, Sampling, require_local
+from .threads import fit_threads
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Engine:
     def __init__(self, spec: ModelSpec):
         go_offline()
         require_local(spec)
+        fit_threads()
         self.spec = spec
         self.usage = Usage()
         t0 = time.perf_counter()

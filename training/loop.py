@@ -23,11 +23,13 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from mapd.local_teachers.threads import fit_threads
+
 from . import checkpoint
 from .config import TrainConfig, file_sha256
 from .data import KINDS, collate, encode_records, load_records, plan_batches
 from .loss import combined_loss
-from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device, set_cpu_threads
+from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device
 
 log = logging.getLogger(__name__)
 CARD_FORMAT = "mapd-train-card/1"
@@ -49,7 +51,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     for stale in out.glob(f".{adapter_dir.name}.tmp-*"):   # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     device = pick_device()
-    threads = set_cpu_threads() if device.type == "cpu" else None
+    threads = fit_threads() if device.type == "cpu" else None
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)

@@ -9,7 +9,6 @@ optimizer torch's AdamW. `quantize=False` loads the base in full precision inste
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -27,14 +26,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def set_cpu_threads() -> int:
-    """One thread by default: on shared cores torch's threads fight and run slower than one.
-    MAPD_THREADS overrides."""
-    n = int(os.environ.get("MAPD_THREADS", "1"))
-    torch.set_num_threads(n)
-    return n
 
 
 def load_model(cfg: TrainConfig, device: torch.device):
