@@ -7,6 +7,7 @@ environment variables, so one registry serves a laptop and a cluster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .fingerprint import model_fingerprint
 
 REGISTRY_DIR = Path(__file__).parent / "models"
 ENGINES = ("vllm", "transformers")
@@ -46,10 +49,22 @@ class ModelSpec:
     source: str = ""                    # the YAML file this came from
 
     def identity(self) -> str:
-        """Hash of everything that changes what the model generates (not where its YAML lives)."""
+        """Hash of everything that changes what the model generates: its name in the registry,
+        its folder's content and its settings; not where the folder or its YAML lies. Raises
+        require_local's error when the folder is not here: its content cannot be known."""
+        return self._identity
+
+    @functools.cached_property
+    def _identity(self) -> str:
+        # Once per loaded entry: a plan asks for it for every shard of every stage.
+        require_local(self)
         d = dataclasses.asdict(self)
-        d.pop("source")
-        d.pop("slurm", None)            # where a model runs does not change what it generates
+        for key in ("path", "source", "slurm"):   # where it lies and runs does not change what it generates
+            d.pop(key)
+        # gpus (tensor-parallel size) and gpu_memory_utilization (the KV cache, hence the batches)
+        # stay: they change how sums are split and ordered, so logits differ in the last bits
+        # and sampled texts can diverge.
+        d["content"] = model_fingerprint(self.path)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_engine(self, engine: str | None) -> "ModelSpec":

@@ -296,7 +296,7 @@ def test_run_summary_counts_empty_garbage_and_unscored_output_and_loses_no_row(c
 
 
 def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_path, monkeypatch):
-    """A policy, a teacher's model path, a review prompt or the seed: the plan names the stages
+    """A policy, a teacher's model, a review prompt or the seed: the plan names the stages
     that will run again and why, and keeps every other one."""
     from mapd.batch.graph import format_plan
     from mapd.batch.prompts import load_prompt, prompts_dir
@@ -315,7 +315,10 @@ def test_a_change_redoes_exactly_the_stages_downstream_and_says_why(cfg, tmp_pat
     assert redo == later | {"eval/base", "dataset"} and "threshold" in plan["dataset"]
 
     spec = yaml.safe_load(open(load_spec("demo-teacher-b").source))
-    spec["path"] = str(tmp_path)
+    other = tmp_path / "other-model"          # another content (its config alone, no weights), not just a path
+    other.mkdir()
+    shutil.copy(f"{load_spec('demo-teacher-b').path}/config.json", other)
+    spec["path"] = str(other)
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
     redo, plan = todo(replace(cfg, teachers=("demo-teacher-a", str(tmp_path / "b.yaml"), "demo-teacher-c")))
     reviews = {f"review/demo-teacher-{k}" for k in "abc"}

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mapd.local_teachers.fingerprint import model_fingerprint
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -79,6 +81,7 @@ class TrainConfig:
         d = self.to_dict()
         for key in ("out_dir", "save_steps"):
             d.pop(key)
+        d["base_model"] = model_fingerprint(self.base_model)   # its content, not where it is mounted
         if self.init_adapter:
             # Its weights, not where it lies, decide what training starts from.
             d["init_adapter"] = file_sha256(Path(self.init_adapter) / "adapter_model.safetensors")
