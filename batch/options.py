@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from mapd.local_teachers.engine import go_offline
+from mapd.training import TrainingStopped
 
 from .config import CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, PAPER_SEED, SELECTIONS, ConfigError, RunConfig
 from .graph import Graph
@@ -23,8 +24,9 @@ CONFIG_OPTIONS = ("task", "student", "engine", "data", "limit", "seed", "num_sha
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
 POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
 TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps")
-# Errors a user can act on: one clear line, no traceback (a full disk names its file).
-USER_ERRORS = (OSError, ValueError, KeyError, StaleShardError)
+# Errors a user can act on: one clear line, no traceback (a full disk names its file; training
+# stopped by a signal says where its checkpoint is).
+USER_ERRORS = (OSError, ValueError, KeyError, StaleShardError, TrainingStopped)
 
 
 def setup_logging(run_dir: Path | None, verbose: bool = False) -> None:

@@ -202,3 +202,30 @@ def test_two_gpus_give_tensor_parallel_two(env, cluster, tmp_path, tiny_spec_fil
     assert "tensor_parallel_size=2" in text, text
     (devices,) = re.findall(r"CUDA_VISIBLE_DEVICES=(\S+)", text)
     assert sorted(devices.split(",")) == ["0", "1"]
+
+
+@pytest.mark.slurm
+@pytest.mark.root
+@pytest.mark.slow
+def test_training_stopped_by_the_time_limit_signal_resumes_from_its_checkpoint(env, cluster, tmp_path,
+                                                                               tiny_spec_file):
+    run = tmp_path / "run"
+    # Training that outlasts a 3-minute limit: many epochs of the tiny model.
+    args = [*_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--no-answer-check",
+            "--invalid-as", "4", "--epochs", "100000", "--batch-size", "1", "--lora-r", "8"]
+    _mapd(env, "submit", *args, "--stages", "exam,teach,review,dataset")
+    _logs_when_done(run, "dataset")
+    assert (run / "dataset" / "records.parquet").is_file()
+    # SLURM signals USR1 `--signal-lead` s before the limit (up to a minute earlier); the job
+    # script stops the stage with SIGTERM and requeues the job.
+    _mapd(env, "submit", *args, "--stages", "train", "--time", "3", "--signal-lead", "90")
+    log_of = lambda: "".join(p.read_text() for p in (run / "logs").glob("train-*.log"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and "train: resumed from" not in log_of():
+        time.sleep(1)
+    subprocess.run(["scancel", "--name", "mapd-train"], env=env)
+    text = log_of()
+    assert "USR1: time limit near or preempted" in text and "requeueing job" in text, text
+    (stopped,) = re.findall(r"stopped by SIGTERM after step (\d+) of \d+, checkpoint saved", text)
+    (resumed,) = re.findall(r"train: resumed from \S+ \(step (\d+)\)", text)
+    assert int(stopped) > 0 and resumed == stopped, text

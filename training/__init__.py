@@ -5,7 +5,7 @@
 
 Importing the package is light (no torch): the configuration is checked before any work.
 """
-from .config import PRESETS, RecordsError, TrainConfig, preset
+from .config import PRESETS, RecordsError, TrainConfig, TrainingStopped, preset
 
 
 def train(cfg: TrainConfig, **options):
@@ -15,4 +15,4 @@ def train(cfg: TrainConfig, **options):
     return run(cfg, **options)
 
 
-__all__ = ["PRESETS", "RecordsError", "TrainConfig", "preset", "train"]
+__all__ = ["PRESETS", "RecordsError", "TrainConfig", "TrainingStopped", "preset", "train"]

@@ -30,6 +30,10 @@ def file_sha256(path: str | Path) -> str:
     return _CHECKSUMS[version]
 
 
+class TrainingStopped(Exception):
+    """Training was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+
 class RecordsError(ValueError):
     """The records file cannot be trained on; the message says why."""
 

@@ -8,6 +8,7 @@ A rerun with the same config resumes from the latest checkpoint, or returns the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,6 +16,8 @@ import os
 import platform
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,13 +29,28 @@ from transformers import AutoTokenizer
 from mapd.local_teachers.threads import fit_threads
 
 from . import checkpoint
-from .config import TrainConfig, file_sha256
+from .config import TrainConfig, TrainingStopped, file_sha256
 from .data import KINDS, collate, encode_records, load_records, plan_batches
 from .loss import combined_loss
 from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device
 
 log = logging.getLogger(__name__)
 CARD_FORMAT = "mapd-train-card/1"
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGTERM (the SLURM job script's on time limit or preemption, SLURM itself, `kill`) asks
+    training to stop after the step in progress: set while it runs, the old handler back after."""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():   # signals reach the main thread only
+        yield asked
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: asked.set())
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = None) -> Path:
@@ -87,7 +105,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     model.train()
 
     bar = tqdm(total=horizon, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    with open(log_path, "a") as log_file:
+    with open(log_path, "a") as log_file, _stop_requests() as stop:
         for epoch in range(state["epoch"], cfg.epochs):
             if state["step"] >= horizon:
                 break
@@ -115,10 +133,14 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
                 if epoch_done:
                     checkpoint.save(ckpt_root, model, optimizer, scheduler,
                                     {**state, "epoch": epoch + 1, "position": 0, "order": None})
-                elif cfg.save_steps and state["step"] % cfg.save_steps == 0:
+                elif (cfg.save_steps and state["step"] % cfg.save_steps == 0) or stop.is_set():
                     checkpoint.save(ckpt_root, model, optimizer, scheduler, state)
                 if on_step is not None:
                     on_step(state["step"], record)
+                if stop.is_set():
+                    bar.close()
+                    raise TrainingStopped(f"train: stopped by SIGTERM after step {state['step']} of {horizon}, "
+                                          f"checkpoint saved in {ckpt_root}: run the stage again to resume from it")
     bar.close()
 
     _save_adapter(model, tokenizer, adapter_dir, _card(
