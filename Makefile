@@ -14,12 +14,14 @@ RUN_DIR ?= runs/$(TASK)/default
 # ROUNDS=n: the trained student retakes the exam and round r distills from its new mistakes.
 ROUNDS ?= 1
 PYTHON ?= python3
+VENV := .venv
 # DEVICE=gpu: the environment for CUDA nodes (upstream vLLM and the CUDA torch it pins) instead of CPU.
-DEVICE ?= cpu
+# Left unset: the device the existing environment was built for (cpu for a new one), so a later
+# `make status` without DEVICE=gpu never rebuilds a GPU environment for the CPU.
+DEVICE ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-gpu $(VENV)/.installed-cpu))),cpu)
 ifneq ($(words $(filter cpu gpu,$(DEVICE))) $(words $(DEVICE)),1 1)
 $(error DEVICE='$(DEVICE)': must be cpu or gpu)
 endif
-VENV := .venv
 # The stamp names the device the environment in $(VENV) was built for.
 INSTALLED := $(VENV)/.installed-$(DEVICE)
 MAPD := $(VENV)/bin/mapd
