@@ -3,7 +3,8 @@ SHELL := /bin/bash
 TASK ?= gsm8k
 LIMIT ?= 16
 ENGINE ?=
-NUM_SHARDS ?= 1
+# NUM_SHARDS= (empty): a new run takes one shard per 500 questions; a saved run keeps its own.
+NUM_SHARDS ?=
 TEACHERS ?=
 STUDENT ?=
 # The embedded demo committee (SmolLM2-135M three ways) almost never reaches the gold answer,
@@ -29,7 +30,7 @@ export MAPD_CACHE ?= $(HOME)/.cache/mapd
 MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
 # LIMIT= (empty) uses every question.
 # RECONFIGURE=1 changes settings saved in the run's config.yaml (otherwise a difference is refused).
-RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) --num-shards $(NUM_SHARDS) --policy $(POLICY) \
+RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) --policy $(POLICY) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT)) \
 	$(if $(TEACHERS),--teachers $(TEACHERS)) $(if $(RECONFIGURE),--reconfigure)
 # plan, status and report read a run's saved config.yaml: RUN_DIR alone names the run.

@@ -4,8 +4,10 @@ command reads it, so ``--run-dir`` alone is enough. An option given that differs
 setting is refused, naming each difference, unless ``--reconfigure`` is given."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +26,10 @@ CONFIG_OPTIONS = ("task", "student", "engine", "data", "limit", "seed", "num_sha
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
 POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
 TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps")
+# A new run's shards, unless --num-shards is given: small enough that a preempted or failed task
+# loses a few minutes of a 70B teacher's work, big enough that loading the model (minutes) stays
+# a small part of each task. GSM8K's or LogiQA's train split: 15 shards; the embedded run: 1.
+QUESTIONS_PER_SHARD = 500
 # Errors a user can act on: one clear line, no traceback (a full disk names its file; training
 # stopped by a signal says where its checkpoint is).
 USER_ERRORS = (OSError, ValueError, KeyError, StaleShardError, TrainingStopped)
@@ -74,7 +80,8 @@ def resolve(run_dir: Path | None, given: dict, reconfigure: bool) -> RunConfig:
     if not (run_dir / CONFIG_FILE).is_file():
         if task is None:
             raise click.UsageError(f"{run_dir / CONFIG_FILE} does not exist: give --task to start a new run there")
-        return RunConfig.from_dict(given, run_dir)
+        cfg = RunConfig.from_dict(given, run_dir)
+        return cfg if "num_shards" in given else dataclasses.replace(cfg, num_shards=sized_shards(cfg))
     saved = RunConfig.load(run_dir)
     merged = {**saved.to_dict(), **given}
     for field in ("policy_overrides", "train_overrides"):
@@ -86,6 +93,14 @@ def resolve(run_dir: Path | None, given: dict, reconfigure: bool) -> RunConfig:
                           f"{'; '.join(changed)}. Leave them out to use the saved settings, or add --reconfigure "
                           "to change them (`mapd plan --reconfigure ...` shows which stages would be redone)")
     return wanted
+
+
+def sized_shards(cfg: RunConfig) -> int:
+    """A new run's shard count when none is given: one shard per QUESTIONS_PER_SHARD questions of
+    its bigger split (the exam's train split or the eval's test split)."""
+    graph = Graph(cfg)
+    questions = max(len(graph.one("exam").questions), *(len(s.questions) for s in graph.named("eval")))
+    return max(1, math.ceil(questions / QUESTIONS_PER_SHARD))
 
 
 def run_options(*, writes: bool):
@@ -104,7 +119,8 @@ def run_options(*, writes: bool):
                       "or a hub dataset id [default: bundled]")
         @click.option("--limit", type=click.IntRange(min=1), default=None, help="use the first N questions")
         @click.option("--seed", type=int, default=None, help=f"[{PAPER_SEED}]")
-        @click.option("--num-shards", type=click.IntRange(min=1), default=None, help="[1]")
+        @click.option("--num-shards", type=click.IntRange(min=1), default=None,
+                      help=f"[a new run: one per {QUESTIONS_PER_SHARD} questions of the bigger split]")
         @click.option("--policy", default=None, help="acceptance preset: default | paper [default]")
         @click.option("--threshold", type=float, default=None, help="accept when the mean score is above this")
         @click.option("--min-reviews", type=int, default=None, help="fewest valid reviews to accept")
