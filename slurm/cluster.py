@@ -112,6 +112,49 @@ def query_jobs(job_ids) -> dict[str, list[dict]]:
                 "exit_code": fields.get("ExitCode", ""),
                 "restarts": int(fields.get("Restarts", "0") or 0),
                 "stdout": fields.get("StdOut", ""),
+                "source": "slurmctld",
             })
         out[job_id] = tasks
     return out
+
+
+SACCT_FORMAT = "JobID,State,ExitCode,Reason"
+
+
+def parse_sacct(text: str) -> dict[str, list[dict]]:
+    """``sacct -P -n -X --format=JobID,State,ExitCode,Reason`` -> ``{job id: [task records]}`` as
+    ``query_jobs`` gives them. An array task reads JOBID_TASK, tasks that never started
+    JOBID_[0-2]; a job a user cancelled "CANCELLED by UID" (reason "by uid UID"), one SLURM
+    cancelled plain CANCELLED. sacct keeps no restart count (None)."""
+    out: dict[str, list[dict]] = {}
+    for line in filter(None, text.splitlines()):
+        job, state, exit_code, reason = line.split("|")[:4]
+        job_id, _, tasks = job.partition("_")
+        state, _, by = state.partition(" by ")
+        out.setdefault(job_id, []).append({
+            "job_id": job,
+            "array_job_id": job_id if tasks else None,
+            "shards": parse_array(tasks.strip("[]")) if tasks else None,
+            "state": state,
+            "reason": f"by uid {by}" if by else "" if reason == "None" else reason,
+            "exit_code": exit_code,
+            "restarts": None,
+            "source": "sacct",
+        })
+    return out
+
+
+def query_accounting(job_ids) -> tuple[dict[str, list[dict]], str | None]:
+    """Jobs slurmctld has forgotten (it drops a job MinJobAge after it ended), from the accounting
+    database: ``parse_sacct``'s records, and why sacct could not answer (accounting disabled,
+    slurmdbd down, no sacct) or None. A job it never heard of has no records."""
+    args = ["sacct", "-j", ",".join(dict.fromkeys(map(str, job_ids))), "-P", "-n", "-X", f"--format={SACCT_FORMAT}"]
+    try:
+        proc = slurm_command(args, check=False)
+    except SubmitError as e:
+        return {}, str(e)
+    if proc.returncode != 0:
+        # The last line says why ("Slurm accounting storage is disabled", "Problem talking to the database: ...").
+        lines = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()
+        return {}, f"`sacct` failed: {lines[-1].removeprefix('sacct: error: ')}"
+    return parse_sacct(proc.stdout), None

@@ -12,10 +12,16 @@ Debian's slurmctld + slurmd (Slurm 22.05) and munge, started without systemd:
   (not pending forever); MinJobAge=86400 keeps every finished job's record (0 is refused by 22.05), since without
   slurmdbd ``scontrol show job`` is the only place to read how a job ended.
 
+``LocalCluster(root, accounting=True)`` also keeps accounts, as a site with ``sacct`` does: a
+private MariaDB (mariadbd as root, its data, socket and pid under the root, on a free port of
+127.0.0.1) and slurmdbd (slurmdbd.conf next to slurm.conf, where slurmdbd looks through
+SLURM_CONF), the cluster registered with ``sacctmgr``, and MinJobAge=2 so that slurmctld forgets
+a finished job within seconds (its purge runs every 10 s at such ages) and only sacct knows it.
+
 Every daemon this module starts is stopped by its own process id.
 
-Run by hand: ``python tests/slurm_cluster.py /tmp/cluster`` starts one and prints the
-SLURM_CONF to export; Ctrl-C or SIGTERM stops it.
+Run by hand: ``python tests/slurm_cluster.py /tmp/cluster [--accounting]`` starts one and prints
+the SLURM_CONF to export; Ctrl-C or SIGTERM stops it.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from pathlib import Path
 
 DAEMONS = ("slurmctld", "slurmd", "munged")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+ACCOUNTING = ("slurmdbd", "mariadbd", "mariadb-install-db", "sacct", "sacctmgr")
+# A test database: small InnoDB files and buffers instead of a server's hundreds of MB.
+MARIADB_SMALL = ("--innodb-log-file-size=4M", "--innodb-buffer-pool-size=16M")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 
@@ -52,18 +61,42 @@ def why_cannot_start() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def why_no_accounting() -> str | None:
+    missing = [name for name in ACCOUNTING if _sbin(name) is None]
+    if missing:
+        return ("SLURM accounting is not installed (missing: " + ", ".join(missing) + "); install it with "
+                "`apt-get install --no-install-recommends slurmdbd mariadb-server`")
+    return None
+
+
+def _free_ports(n: int) -> list[int]:
+    # All bound at once, so the n ports differ.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 class LocalCluster:
     """``with LocalCluster(folder) as cluster:`` starts the daemons and waits for the node."""
 
-    def __init__(self, root: Path, cpus: int = 2, gpus: int = 2, mem_mb: int = 8000, node: str = "localhost"):
+    def __init__(self, root: Path, cpus: int = 2, gpus: int = 2, mem_mb: int = 8000, node: str = "localhost",
+                 accounting: bool = False):
         self.root = Path(root)
         self.cpus, self.gpus, self.mem_mb, self.node = cpus, gpus, mem_mb, node
+        self.accounting = accounting
         self.conf = self.root / "etc" / "slurm.conf"
         self.procs: dict[str, subprocess.Popen] = {}
         self.partition = "debug"
@@ -86,10 +119,7 @@ class LocalCluster:
                 break
             devices.append(str(path))
         gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
-        ctld_port = _free_port()
-        slurmd_port = _free_port()
-        while slurmd_port == ctld_port:
-            slurmd_port = _free_port()
+        ctld_port, slurmd_port, self.dbd_port, self.db_port = _free_ports(4)
         lines = {
             "ClusterName": "mapdtest",
             "SlurmctldHost": self.node,
@@ -110,7 +140,9 @@ class LocalCluster:
             "ProctrackType": "proctrack/linuxproc",
             "TaskPlugin": "task/none",
             "JobAcctGatherType": "jobacct_gather/none",
-            "AccountingStorageType": "accounting_storage/none",
+            **({"AccountingStorageType": "accounting_storage/slurmdbd", "AccountingStorageHost": self.node,
+                "AccountingStoragePort": self.dbd_port} if self.accounting
+               else {"AccountingStorageType": "accounting_storage/none"}),
             "JobCompType": "jobcomp/none",
             "MpiDefault": "none",
             "SchedulerType": "sched/backfill",
@@ -121,7 +153,7 @@ class LocalCluster:
             "DefMemPerCPU": self.mem_mb // (2 * self.cpus),
             "GresTypes": "gpu",
             "DependencyParameters": "kill_invalid_depend",
-            "MinJobAge": 86400,
+            "MinJobAge": 2 if self.accounting else 86400,
             "JobRequeue": 1,
             "ReturnToService": 2,
             "SlurmdParameters": "config_overrides",
@@ -137,6 +169,19 @@ class LocalCluster:
         self.conf.write_text(text)
         gres_conf = "".join(f"NodeName={self.node} Name=gpu File={d}\n" for d in devices)
         (etc / "gres.conf").write_text(gres_conf)
+        if self.accounting:
+            self._write_slurmdbd_conf()
+
+    def _write_slurmdbd_conf(self) -> None:
+        # slurmdbd refuses a slurmdbd.conf that others may read (it may hold the database password)
+        # or that SlurmUser does not own.
+        path = self.conf.with_name("slurmdbd.conf")
+        path.write_text(f"AuthType=auth/munge\nDbdHost={self.node}\nDbdPort={self.dbd_port}\nSlurmUser=root\n"
+                        f"StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\nStoragePort={self.db_port}\n"
+                        f"StorageUser=root\nStorageLoc=slurm_acct_db\nPidFile={self.root / 'slurmdbd.pid'}\n"
+                        f"LogFile={self.root / 'log' / 'slurmdbd.log'}\nDebugLevel=info\n")
+        os.chown(path, 0, 0)
+        path.chmod(0o600)
 
     @property
     def env(self) -> dict[str, str]:
@@ -191,6 +236,25 @@ class LocalCluster:
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; see {self.root / 'log'}")
 
+    def _start_accounting(self) -> None:
+        data = self.root / "mariadb"
+        if not (data / "mysql").is_dir():
+            subprocess.run([_sbin("mariadb-install-db"), "--no-defaults", f"--datadir={data}", "--user=root",
+                            "--auth-root-authentication-method=normal", "--skip-test-db", *MARIADB_SMALL],
+                           check=True, capture_output=True)
+        self._spawn("mariadbd", ["--no-defaults", f"--datadir={data}", "--user=root",
+                                 f"--socket={self.root / 'mariadb.sock'}", f"--pid-file={self.root / 'mariadb.pid'}",
+                                 "--bind-address=127.0.0.1", f"--port={self.db_port}",
+                                 f"--log-error={self.root / 'log' / 'mariadb.log'}", *MARIADB_SMALL])
+        self._wait(lambda: _answers(self.db_port), "MariaDB to accept connections", 60)
+        self._spawn("slurmdbd", ["-D"])
+        self._wait(lambda: self._sacctmgr("list", "cluster").returncode == 0, "slurmdbd to answer", 60)
+        self._sacctmgr("add", "cluster", "mapdtest", check=True)
+
+    def _sacctmgr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run([_sbin("sacctmgr"), "-i", "-n", *args], env=self.env, capture_output=True, text=True,
+                              timeout=30, check=check)
+
     def node_state(self) -> str:
         out = subprocess.run(["scontrol", "-o", "show", "node", self.node], env=self.env,
                              capture_output=True, text=True).stdout
@@ -200,11 +264,13 @@ class LocalCluster:
         return ""
 
     def start(self) -> "LocalCluster":
-        why = why_cannot_start()
+        why = why_cannot_start() or (self.accounting and why_no_accounting())
         if why:
             raise RuntimeError(why)
         self.write_config()
         self._start_munge()
+        if self.accounting:
+            self._start_accounting()
         self._spawn("slurmctld", ["-D", "-c", "-f", str(self.conf)])
         self._spawn("slurmd", ["-D", "-N", self.node, "-f", str(self.conf)])
         self._wait(lambda: self.node_state().startswith("IDLE"), "the node to be IDLE", 60)
@@ -221,7 +287,7 @@ class LocalCluster:
             if ids:
                 subprocess.run(["scancel", *ids], env=self.env, capture_output=True)
                 time.sleep(1)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             p = self.procs.pop(name, None)
             if p is None:
                 continue
@@ -251,8 +317,9 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # stop cleanly on kill PID too
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/mapd-slurm-cluster")
-    with LocalCluster(root) as cluster:
+    args = [a for a in sys.argv[1:] if a != "--accounting"]
+    root = Path(args[0] if args else "/tmp/mapd-slurm-cluster")
+    with LocalCluster(root, accounting="--accounting" in sys.argv) as cluster:
         print(f"export SLURM_CONF={cluster.conf}", flush=True)
         try:
             while True:
