@@ -109,3 +109,24 @@ def short_student(smol_spec, tmp_path_factory) -> Path:
     raw["sampling"]["max_tokens"] = 64
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The real one-node SLURM cluster of tests/slurm_cluster.py (2 CPUs, 2 fake GPUs), started
+    once for every test that submits jobs."""
+    from slurm_cluster import LocalCluster, why_cannot_start
+
+    why = why_cannot_start()
+    if why:
+        pytest.skip(why)
+    with LocalCluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=2, gpus=2) as c:
+        yield c
+
+
+@pytest.fixture
+def env(cluster):
+    """The environment of `mapd` commands and jobs on that cluster (one thread per process: the
+    tests run jobs side by side)."""
+    return {**cluster.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}

@@ -1,7 +1,8 @@
 """A real one-node SLURM cluster on localhost, for the integration tests (tests/test_slurm.py).
 
 Debian's slurmctld + slurmd (Slurm 22.05) and munge, started without systemd:
-- munged runs as the munge user on its default socket (reused when one already answers);
+- a munged of its own, as root, with its own key and socket under the cluster's folder
+  (AuthInfo=socket=...), so clusters started side by side never share or stop each other's;
 - slurmctld and slurmd run in the foreground as root (SlurmUser=root), with their
   configuration, state, spool, pid and log files in a temporary folder; clients find the
   cluster through the SLURM_CONF environment variable (see ``LocalCluster.env``);
@@ -38,8 +39,6 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 ACCOUNTING = ("slurmdbd", "mariadbd", "mariadb-install-db", "sacct", "sacctmgr")
 # A test database: small InnoDB files and buffers instead of a server's hundreds of MB.
 MARIADB_SMALL = ("--innodb-log-file-size=4M", "--innodb-buffer-pool-size=16M")
-MUNGE_KEY = Path("/etc/munge/munge.key")
-MUNGE_RUN = Path("/run/munge")
 
 
 def _sbin(name: str) -> str | None:
@@ -48,7 +47,7 @@ def _sbin(name: str) -> str | None:
 
 def missing_binaries() -> list[str]:
     """The SLURM/munge programs this machine lacks (empty when a cluster can start)."""
-    return [name for name in (*DAEMONS, *CLIENTS, "munge") if _sbin(name) is None]
+    return [name for name in (*DAEMONS, *CLIENTS, "munge", "unmunge", "mungekey") if _sbin(name) is None]
 
 
 def why_cannot_start() -> str | None:
@@ -57,7 +56,7 @@ def why_cannot_start() -> str | None:
         return ("SLURM is not installed (missing: " + ", ".join(missing) + "); install it with "
                 "`apt-get install --no-install-recommends slurmctld slurmd slurm-client munge`, as .ci/run does")
     if os.geteuid() != 0:
-        return "starting a local SLURM cluster needs root (daemons run as root, munged as the munge user)"
+        return "starting a local SLURM cluster needs root (its daemons, munged included, run as root)"
     return None
 
 
@@ -129,6 +128,7 @@ class LocalCluster:
             "SlurmdUser": "root",
             "AuthType": "auth/munge",
             "CredType": "cred/munge",
+            "AuthInfo": f"socket={self.munge_socket}",
             "StateSaveLocation": state,
             "SlurmdSpoolDir": spool,
             "SlurmctldPidFile": self.root / "slurmctld.pid",
@@ -141,7 +141,9 @@ class LocalCluster:
             "TaskPlugin": "task/none",
             "JobAcctGatherType": "jobacct_gather/none",
             **({"AccountingStorageType": "accounting_storage/slurmdbd", "AccountingStorageHost": self.node,
-                "AccountingStoragePort": self.dbd_port} if self.accounting
+                "AccountingStoragePort": self.dbd_port,
+                # The munged of connections to slurmdbd (AuthInfo covers only those within the cluster).
+                "AccountingStoragePass": self.munge_socket} if self.accounting
                else {"AccountingStorageType": "accounting_storage/none"}),
             "JobCompType": "jobcomp/none",
             "MpiDefault": "none",
@@ -176,7 +178,7 @@ class LocalCluster:
         # slurmdbd refuses a slurmdbd.conf that others may read (it may hold the database password)
         # or that SlurmUser does not own.
         path = self.conf.with_name("slurmdbd.conf")
-        path.write_text(f"AuthType=auth/munge\nDbdHost={self.node}\nDbdPort={self.dbd_port}\nSlurmUser=root\n"
+        path.write_text(f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\nDbdHost={self.node}\nDbdPort={self.dbd_port}\nSlurmUser=root\n"
                         f"StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\nStoragePort={self.db_port}\n"
                         f"StorageUser=root\nStorageLoc=slurm_acct_db\nPidFile={self.root / 'slurmdbd.pid'}\n"
                         f"LogFile={self.root / 'log' / 'slurmdbd.log'}\nDebugLevel=info\n")
@@ -189,34 +191,32 @@ class LocalCluster:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # -- daemons -------------------------------------------------------------------------
+    @property
+    def munge_socket(self) -> Path:
+        return self.root / "munge" / "munge.socket"
+
     def _munge_works(self) -> bool:
-        munge, unmunge = _sbin("munge"), _sbin("unmunge")
+        sock = f"--socket={self.munge_socket}"
         try:
-            cred = subprocess.run([munge, "-n"], capture_output=True, timeout=5, check=True).stdout
-            subprocess.run([unmunge], input=cred, capture_output=True, timeout=5, check=True)
+            cred = subprocess.run([_sbin("munge"), sock, "-n"], capture_output=True, timeout=5, check=True).stdout
+            subprocess.run([_sbin("unmunge"), sock], input=cred, capture_output=True, timeout=5, check=True)
             return True
         except (subprocess.SubprocessError, OSError):
             return False
 
     def _start_munge(self) -> None:
-        if self._munge_works():
-            return
-        import grp
-        import pwd
-
-        uid, gid = pwd.getpwnam("munge").pw_uid, grp.getgrnam("munge").gr_gid
-        MUNGE_RUN.mkdir(parents=True, exist_ok=True)
-        os.chown(MUNGE_RUN, uid, gid)
-        MUNGE_RUN.chmod(0o755)
-        if not MUNGE_KEY.is_file():
-            MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([_sbin("mungekey"), "--create", f"--keyfile={MUNGE_KEY}"], check=True)
-        os.chown(MUNGE_KEY, uid, gid)
-        MUNGE_KEY.chmod(0o400)
+        folder = self.munge_socket.parent
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = folder / "munge.key"
+        if not key.is_file():
+            subprocess.run([_sbin("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)
+        key.chmod(0o400)
         with open(self.root / "log" / "munged.out", "ab") as log:
             self.procs["munged"] = subprocess.Popen(
-                [_sbin("munged"), "--foreground", "--force", f"--log-file={self.root / 'log' / 'munged.log'}"],
-                user=uid, group=gid, extra_groups=[], stdout=log, stderr=subprocess.STDOUT)
+                [_sbin("munged"), "--foreground", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
+                 f"--pid-file={folder / 'munged.pid'}", f"--seed-file={folder / 'munged.seed'}",
+                 f"--log-file={self.root / 'log' / 'munged.log'}"],
+                stdout=log, stderr=subprocess.STDOUT)
         self._wait(self._munge_works, "munged to answer", 15)
 
     def _spawn(self, name: str, args: list[str]) -> None:

@@ -5,7 +5,6 @@ missing, fake GPUs, and the time-limit signal that requeues a task."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,13 +17,11 @@ import yaml
 
 from mapd.batch.config import RunConfig
 from mapd.batch.graph import Graph
-from mapd.batch.local import run_local
 from mapd.batch.shards import manifest_path
 from mapd.slurm.jobs import array_spec, parse_array
 from mapd.slurm.cluster import SubmitError
 from mapd.slurm.resources import SlurmOptions, time_seconds
 from mapd.slurm.submit import prepare, submit
-from slurm_cluster import LocalCluster, why_cannot_start
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPD = str(Path(sys.executable).parent / "mapd")
@@ -139,21 +136,6 @@ def test_unsafe_model_name_missing_model_and_too_many_gpus_are_refused(tmp_path,
 
 
 # -- on a real local cluster ----------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    why = why_cannot_start()
-    if why:
-        pytest.skip(why)
-    with LocalCluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=2, gpus=2) as c:
-        yield c
-
-
-@pytest.fixture
-def env(cluster):
-    return {**cluster.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1"}
-
 
 def _slurm_cli(env, *args, check=True, timeout=60):
     proc = subprocess.run([MAPD, *args], env=env, capture_output=True, text=True,

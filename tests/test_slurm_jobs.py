@@ -1,6 +1,6 @@
 """What a job script does before its stage: setup lines, an Apptainer container, binding to the
 allocated CPUs, GPUs for tensor parallelism. Scripts and refusals without a cluster, then on the
-real local cluster (tests/slurm_cluster.py) with the tiny model."""
+real local cluster (the `cluster` fixture of tests/conftest.py) with the tiny model."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,6 @@ from mapd.batch.graph import Graph
 from mapd.slurm.cluster import SubmitError
 from mapd.slurm.resources import SlurmOptions
 from mapd.slurm.submit import prepare
-from slurm_cluster import LocalCluster, why_cannot_start
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -107,20 +106,6 @@ def test_bad_setup_container_and_device_are_refused_before_anything(tmp_path, ti
 
 
 # -- on a real local cluster ----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = why_cannot_start()
-    if why:
-        pytest.skip(why)
-    with LocalCluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=2, gpus=2) as c:
-        yield c
-
-
-@pytest.fixture
-def env(cluster):
-    return {**cluster.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
 
 def _logs_when_done(run: Path, key: str, timeout=180) -> list[str]:
     """The logs of a job's tasks once each says how its stage exited."""

@@ -87,15 +87,6 @@ def accounting_cluster(tmp_path_factory):
         yield c
 
 
-@pytest.fixture(scope="module")
-def plain_cluster(tmp_path_factory):
-    why = why_cannot_start()
-    if why:
-        pytest.skip(why)
-    with LocalCluster(tmp_path_factory.mktemp("slurm-plain"), gpus=0) as c:
-        yield c
-
-
 def _env(cluster) -> dict[str, str]:
     return {**cluster.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "OMP_NUM_THREADS": "1"}
@@ -153,7 +144,7 @@ def test_a_job_whose_record_scontrol_has_dropped_is_still_reported_from_sacct(ac
 @pytest.mark.parametrize("accounting", [True, False], ids=["with-sacct", "without-accounting"])
 def test_a_job_neither_slurmctld_nor_sacct_knows_is_reported_as_unknown(request, accounting, tmp_path,
                                                                         tiny_spec_file):
-    env = _env(request.getfixturevalue("accounting_cluster" if accounting else "plain_cluster"))
+    env = _env(request.getfixturevalue("accounting_cluster" if accounting else "cluster"))
     run = tmp_path / "run"
     cfg = _saved_run(run, tiny_spec_file)
     # A submission whose job this cluster never ran (its ids start at 1).
