@@ -37,7 +37,6 @@ def instant_answer(request, adapter):
 def one_size(n: int, teachers: int, shards: int) -> dict:
     from mapd.batch.config import RunConfig
     from mapd.batch.graph import Graph
-    from mapd.batch.local import run_local
 
     work = Path(tempfile.mkdtemp(prefix=f"mapd-scale-{n}-"))
     data = work / "train.jsonl"

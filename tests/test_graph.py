@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mapd.batch.config import ConfigError, RunConfig
 from mapd.batch.graph import Graph
 from mapd.batch.local import run_local
-from mapd.batch.shards import manifest_path, read_manifest, write_shard
+from mapd.batch.shards import read_manifest, write_shard
 from fakes import ScriptedEngine, ScriptedPool
 
 ROOT = Path(__file__).resolve().parents[1]

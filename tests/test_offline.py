@@ -5,7 +5,6 @@ token or turns on remote code; models load from local safetensors folders."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
