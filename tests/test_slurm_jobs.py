@@ -99,6 +99,9 @@ def test_bad_setup_container_and_device_are_refused_before_anything(tmp_path, ti
                  "--dry-run", check=False)
     assert proc.returncode != 0 and "none.sif" in proc.stderr and "does not exist" in proc.stderr
     assert not (run / "slurm").exists()
+    # An unknown device stops make before it builds or runs anything.
+    make = subprocess.run(["make", "-n", "install", "DEVICE=tpu"], cwd=ROOT, capture_output=True, text=True)
+    assert make.returncode != 0 and "DEVICE='tpu': must be cpu or gpu" in make.stderr
     bad = _model(tmp_path, tiny_spec_file, "tiny-bad", slurm={"setup": ["ok", "not\nok"]})
     with pytest.raises(SubmitError, match="model 'tiny-bad': setup line .* line break"):
         prepare(Graph(RunConfig(task="svamp", run_dir=tmp_path / "b", student=str(tiny_spec_file),
