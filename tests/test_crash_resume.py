@@ -366,6 +366,7 @@ def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, m
     assert not corrupt & set(read), "a corrupt file was read"
 
     engine = ScriptedEngine(committee_answer)
+    caplog.clear()      # only the rerun's log: an earlier test's CLI may have left the root logger at INFO
     with caplog.at_level("INFO"):
         run_local(Graph(cfg), ScriptedPool(engine), through="dataset")
     rewritten = set(re.findall(r"rows written to (\S+)", caplog.text))
