@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mapd.training.config import file_sha256
+from mapd.local_teachers.fingerprint import file_sha256
 
 
 class StaleShardError(RuntimeError):

@@ -1,5 +1,6 @@
-"""A model folder's fingerprint: its content, wherever it is mounted, so the same weights under
-another path keep every output made with them.
+"""Checksums of files (each read once per version of the file in a process) and a model folder's
+fingerprint: its content, wherever it is mounted, so the same weights under another path keep
+every output made with them.
 
 It hashes the files that decide how the model is built and how text becomes tokens and back
 (config, generation config, tokenizer, chat template), each weight file's name and size, and each
@@ -24,6 +25,12 @@ MAX_HEADER = 100_000_000     # the safetensors format's own limit on its JSON he
 _DIGESTS: dict[tuple, str] = {}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, computed once per version of the file in this process: a plan checks
+    each upstream shard for every stage downstream of it, and each model of a run many times."""
+    return _once_per_version(path, "file", _sha256_of_file)
+
+
 def model_fingerprint(folder: str | Path) -> str:
     """The hash of ``folder``'s content (files it does not name, a README, do not count)."""
     folder = Path(folder)
@@ -32,23 +39,34 @@ def model_fingerprint(folder: str | Path) -> str:
     parts = {}
     for path in sorted(folder.iterdir()):
         if path.name in CONTENT_FILES:
-            parts[path.name] = _digest(path, header_only=False)
+            parts[path.name] = file_sha256(path)
         elif path.suffix in WEIGHT_SUFFIXES:
-            header = _digest(path, header_only=True) if path.suffix == ".safetensors" else None
+            header = (_once_per_version(path, "safetensors header", _sha256_of_header)
+                      if path.suffix == ".safetensors" else None)
             parts[path.name] = {"bytes": path.stat().st_size, "header": header}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _digest(path: Path, header_only: bool) -> str:
-    """SHA-256 of the file or of its safetensors header, read once per version of the file in
-    this process (same inode, size, modification and change times): a plan asks for each model
-    of a run many times."""
+def _once_per_version(path: str | Path, what: str, digest) -> str:
+    """``digest(open file, path)``, kept for this version of the file: the same inode, size and
+    modification and change times (ns); an atomic rename or any write makes a new version."""
     st = os.stat(path)
-    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, header_only)
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, what)
     if version not in _DIGESTS:
         with open(path, "rb") as f:
-            _DIGESTS[version] = hashlib.sha256(_header(f, path) if header_only else f.read()).hexdigest()
+            _DIGESTS[version] = digest(f, path)
     return _DIGESTS[version]
+
+
+def _sha256_of_file(f, path: Path) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_of_header(f, path: Path) -> str:
+    return hashlib.sha256(_header(f, path)).hexdigest()
 
 
 def _header(f, path: Path) -> bytes:

@@ -18,7 +18,7 @@ from mapd.batch.local import run_local
 from mapd.cli import main
 from mapd.local_teachers.fingerprint import model_fingerprint
 from mapd.local_teachers.registry import load_spec
-from mapd.training.config import file_sha256
+from mapd.local_teachers.fingerprint import file_sha256
 from fakes import ScriptedEngine, ScriptedPool
 
 TEACHERS = ("tiny-a", "tiny-b")

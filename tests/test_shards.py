@@ -104,7 +104,7 @@ def test_files_honour_the_umask(tmp_path, mask, mode):
 
 def test_a_checksum_follows_every_write_of_the_file(tmp_path):
     """Checksums are remembered per version of a file; a rewrite in place, same size, is a new one."""
-    from mapd.training.config import file_sha256
+    from mapd.local_teachers.fingerprint import file_sha256
 
     path = tmp_path / "f"
     path.write_bytes(b"a" * 64)

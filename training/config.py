@@ -2,32 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapd.local_teachers.fingerprint import model_fingerprint
+from mapd.local_teachers.fingerprint import file_sha256, model_fingerprint
 
 SCHEDULES = ("constant", "cosine")
-
-
-_CHECKSUMS: dict[tuple, str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """The file's SHA-256, computed once per version of the file in this process: a plan checks
-    each upstream shard for every stage downstream of it. A version is the same inode, size and
-    modification and change times (ns): an atomic rename or any write makes a new one."""
-    st = os.stat(path)
-    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if version not in _CHECKSUMS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _CHECKSUMS[version] = h.hexdigest()
-    return _CHECKSUMS[version]
 
 
 class TrainingStopped(Exception):
