@@ -19,29 +19,9 @@ from mapd.batch.graph import Graph
 from mapd.slurm.cluster import SubmitError
 from mapd.slurm.resources import SlurmOptions
 from mapd.slurm.submit import prepare
+from test_slurm import ROOT, _model, _run_args, _slurm_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MAPD = str(BIN / "mapd")
-
-
-def _model(folder: Path, base: Path, name: str, **changes) -> str:
-    spec = {**yaml.safe_load(base.read_text()), "name": name, **changes}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
-
-
-def _args(run_dir, student, teachers, shards=2, limit=4):
-    return ["--task", "svamp", "--run-dir", str(run_dir), "--student", student, "--teachers", ",".join(teachers),
-            "--limit", str(limit), "--num-shards", str(shards)]
-
-
-def _mapd(env, *args, check=True, timeout=60):
-    proc = subprocess.run([MAPD, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mapd {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def _no_cluster_env(tmp_path):
@@ -53,8 +33,9 @@ def _no_cluster_env(tmp_path):
 def test_setup_lines_come_before_the_stage_submitter_first(tmp_path, tiny_spec_file):
     teacher = _model(tmp_path, tiny_spec_file, "tiny-mod", slurm={"setup": ["module load cuda/12.4"]})
     run = tmp_path / "run"
-    _mapd(_no_cluster_env(tmp_path), "submit", *_args(run, str(tiny_spec_file), [teacher]), "--gpus-per-node", "0",
-          "--setup", "source /opt/venv/bin/activate", "--setup", "echo 'ready: $(hostname)'", "--dry-run")
+    _slurm_cli(_no_cluster_env(tmp_path), "submit", *_run_args(run, str(tiny_spec_file), [teacher]),
+               "--gpus-per-node", "0", "--setup", "source /opt/venv/bin/activate",
+               "--setup", "echo 'ready: $(hostname)'", "--dry-run")
     text = (run / "slurm" / "teach-tiny-mod.sbatch").read_text()
     lines = text.splitlines()
     at = [lines.index(line) for line in ("source /opt/venv/bin/activate", "echo 'ready: $(hostname)'",
@@ -72,9 +53,9 @@ def test_container_runs_the_image_mapd_with_the_run_and_models_bound(tmp_path, t
     image.write_bytes(b"not really an image")
     gpu_teacher = _model(tmp_path, tiny_spec_file, "tiny-tp", gpus=2)
     run = tmp_path / "run"
-    cfg_args = _args(run, str(tiny_spec_file), [gpu_teacher])
-    _mapd(_no_cluster_env(tmp_path), "submit", *cfg_args, "--gpus-per-node", "2", "--container", str(image),
-          "--dry-run")
+    cfg_args = _run_args(run, str(tiny_spec_file), [gpu_teacher])
+    _slurm_cli(_no_cluster_env(tmp_path), "submit", *cfg_args, "--gpus-per-node", "2", "--container", str(image),
+               "--dry-run")
     model_dir = yaml.safe_load(tiny_spec_file.read_text())["path"]
     teach = (run / "slurm" / "teach-tiny-tp.sbatch").read_text()
     binds = re.search(r"^apptainer exec --nv --bind (\S+) (\S+) mapd run-stage --run-dir (\S+) --stage teach/tiny-tp",
@@ -91,12 +72,12 @@ def test_container_runs_the_image_mapd_with_the_run_and_models_bound(tmp_path, t
 def test_bad_setup_container_and_device_are_refused_before_anything(tmp_path, tiny_spec_file):
     env = _no_cluster_env(tmp_path)
     run = tmp_path / "run"
-    args = _args(run, str(tiny_spec_file), [str(tiny_spec_file)])
-    proc = _mapd(env, "submit", *args, "--gpus-per-node", "0", "--setup", "module load a\nrm -rf ~", "--dry-run",
-                 check=False)
+    args = _run_args(run, str(tiny_spec_file), [str(tiny_spec_file)])
+    proc = _slurm_cli(env, "submit", *args, "--gpus-per-node", "0", "--setup", "module load a\nrm -rf ~", "--dry-run",
+                      check=False)
     assert proc.returncode != 0 and "holds a line break: give each line as its own --setup" in proc.stderr
-    proc = _mapd(env, "submit", *args, "--gpus-per-node", "0", "--container", str(tmp_path / "none.sif"),
-                 "--dry-run", check=False)
+    proc = _slurm_cli(env, "submit", *args, "--gpus-per-node", "0", "--container", str(tmp_path / "none.sif"),
+                      "--dry-run", check=False)
     assert proc.returncode != 0 and "none.sif" in proc.stderr and "does not exist" in proc.stderr
     assert not (run / "slurm").exists()
     # An unknown device stops make before it builds or runs anything.
@@ -125,8 +106,8 @@ def _logs_when_done(run: Path, key: str, timeout=180) -> list[str]:
 @pytest.mark.root
 def test_two_jobs_on_one_node_run_on_disjoint_cpus_after_their_setup(env, cluster, tmp_path, tiny_spec_file):
     run = tmp_path / "run"
-    _mapd(env, "submit", *_args(run, str(tiny_spec_file), [str(tiny_spec_file)]), "--stages", "exam",
-          "--setup", "echo \"setup ran in $PWD\"", "--setup", "export MAPD_THREADS=1")
+    _slurm_cli(env, "submit", *_run_args(run, str(tiny_spec_file), [str(tiny_spec_file)]), "--stages", "exam",
+               "--setup", "echo \"setup ran in $PWD\"", "--setup", "export MAPD_THREADS=1")
     logs = _logs_when_done(run, "exam")
     assert len(logs) == 2
     cpus = []
@@ -163,8 +144,8 @@ exec "$@"
     image.write_bytes(b"image")
     env = {**env, "PATH": f"{shim.parent}{os.pathsep}{BIN}{os.pathsep}{env['PATH']}"}
     run = tmp_path / "run"
-    _mapd(env, "submit", *_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--stages", "exam",
-          "--container", str(image))
+    _slurm_cli(env, "submit", *_run_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--stages", "exam",
+               "--container", str(image))
     (log,) = _logs_when_done(run, "exam")
     assert "exited with status 0" in log, log
     (call,) = calls.read_text().splitlines()
@@ -179,7 +160,7 @@ def test_two_gpus_give_tensor_parallel_two(env, cluster, tmp_path, tiny_spec_fil
         pytest.skip(cluster.no_gpus_because)
     student = _model(tmp_path, tiny_spec_file, "tiny-tp2", engine="vllm", gpus=2)
     run = tmp_path / "run"
-    _mapd(env, "submit", *_args(run, student, [student], shards=1), "--stages", "exam")
+    _slurm_cli(env, "submit", *_run_args(run, student, [student], shards=1), "--stages", "exam")
     assert "#SBATCH --gres=gpu:2" in (run / "slurm" / "exam.sbatch").read_text()
     # The GPUs are fake: once the engine says how it is built, the job has shown what it would get.
     deadline, text = time.monotonic() + 120, ""
@@ -199,14 +180,14 @@ def test_training_stopped_by_the_time_limit_signal_resumes_from_its_checkpoint(e
                                                                                tiny_spec_file):
     run = tmp_path / "run"
     # Training that outlasts a 3-minute limit: many epochs of the tiny model.
-    args = [*_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--no-answer-check",
+    args = [*_run_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--no-answer-check",
             "--invalid-as", "4", "--epochs", "100000", "--batch-size", "1", "--lora-r", "8"]
-    _mapd(env, "submit", *args, "--stages", "exam,teach,review,dataset")
+    _slurm_cli(env, "submit", *args, "--stages", "exam,teach,review,dataset")
     _logs_when_done(run, "dataset")
     assert (run / "dataset" / "records.parquet").is_file()
     # SLURM signals USR1 `--signal-lead` s before the limit (up to a minute earlier); the job
     # script stops the stage with SIGTERM and requeues the job.
-    _mapd(env, "submit", *args, "--stages", "train", "--time", "3", "--signal-lead", "90")
+    _slurm_cli(env, "submit", *args, "--stages", "train", "--time", "3", "--signal-lead", "90")
     log_of = lambda: "".join(p.read_text() for p in (run / "logs").glob("train-*.log"))  # noqa: E731
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and "train: resumed from" not in log_of():
