@@ -10,7 +10,7 @@ import pytest
 from mapd.batch.tasks import TASKS, DataError, Question, Verdict, get_task
 from mapd.batch.tasks.base import DATA_DIR
 from mapd.batch.tasks.logiqa import order_options, strip_option_prefix
-from mapd.batch.tasks.svamp import SPLIT_FILE, make_split, write_split
+from mapd.batch.tasks.svamp import SPLIT_FILE
 
 COUNTS = {"gsm8k": (7473, 1319), "svamp": (700, 300),
           "strategyqa": (2061, 229), "logiqa": (651, 651)}
@@ -68,27 +68,33 @@ def test_gsm8k_rows(loaded):
 def test_svamp_rows(loaded):
     train, test = loaded["svamp", "train"], loaded["svamp", "test"]
     first = train[0]
-    assert (first.id, first.gold) == ("chal-1", "51")  # Answer 51.0
-    assert first.text == ("Each pack of dvds costs 76 dollars. If there is a discount of 25 "
-                          "dollars on each pack How much do you have to pay to buy each pack?")
-    assert (test[0].id, test[0].gold) == ("chal-2", "1")
+    assert (first.id, first.gold) == ("chal-777", "145")  # Answer 145.0
+    assert first.text == ("There are 87 oranges and 290 bananas in Philip's collection. If the "
+                          "bananas are organized into 2 groups and oranges are organized into 93 "
+                          "groups How big is each group of bananas?")
+    assert (test[0].id, test[0].gold) == ("chal-736", "27")
     assert not {q.id for q in train} & {q.id for q in test}
 
 
-def test_svamp_split_file_is_reproducible(tmp_path):
-    recorded = json.loads((DATA_DIR / "svamp" / SPLIT_FILE).read_text())
-    assert recorded["seed"] == 731
-    regenerated = write_split(out=tmp_path / SPLIT_FILE)
-    assert regenerated["train"] == recorded["train"]
-    assert regenerated["test"] == recorded["test"]
-    assert (len(recorded["train"]), len(recorded["test"])) == (700, 300)
+def test_svamp_split_is_chilled_700_300():
+    # The paper's split: ChilleD/SVAMP's train/test IDs (provenance in svamp/SOURCE.txt).
+    split = json.loads((DATA_DIR / "svamp" / SPLIT_FILE).read_text())
+    assert "ChilleD/SVAMP" in split["source"]
+    train, test = split["train"], split["test"]
+    assert (len(train), len(set(train)), len(test), len(set(test))) == (700, 700, 300, 300)
+    assert not set(train) & set(test)
+    all_ids = {row["ID"] for row in json.loads((DATA_DIR / "svamp" / "SVAMP.json").read_text())}
+    assert set(train) | set(test) == all_ids
+    # In ChilleD's row order (row 0 of train and of test as the Hub's viewer shows them), and
+    # one of its test questions that the project's earlier seeded split had put in train.
+    assert (train[:2], test[:2]) == (["chal-777", "chal-508"], ["chal-736", "chal-162"])
+    assert "chal-1000" in test
 
 
-def test_svamp_split_ignores_input_order():
-    ids = [f"chal-{i}" for i in range(1, 21)]
-    forward, backward = make_split(ids), make_split(ids[::-1])
-    assert set(forward["train"]) == set(backward["train"])
-    assert len(forward["train"]) == 14
+def test_svamp_loaded_splits_follow_split_file(loaded):
+    split = json.loads((DATA_DIR / "svamp" / SPLIT_FILE).read_text())
+    for name in ("train", "test"):
+        assert [q.id for q in loaded["svamp", name]] == split[name]
 
 
 def test_strategyqa_rows(loaded):

@@ -1,54 +1,31 @@
 """SVAMP: simple arithmetic word problems with adversarial variations.
 
 Original (arkilpatel/SVAMP): SVAMP.json, one JSON array of 1,000 objects with
-ID, Body, Question, Equation, Answer (a float) and Type. SVAMP ships no
-train/test split, so this project draws one: the IDs sorted as strings are
-shuffled with random.Random(731) and the first 70 % (700) are "train", the
-rest (300) "test". The result is committed as split.json next to the data so
-that it never silently changes; `python -m mapd.batch.tasks.svamp` regenerates it.
-The Hugging Face copy ChilleD/SVAMP has the same fields and its own 700/300
-split, which the datasets route uses as is.
+ID, Body, Question, Equation, Answer (a float) and Type. SVAMP itself ships no
+train/test split; the MAPD paper uses the 700/300 split of the Hugging Face
+copy ChilleD/SVAMP, and so does this project. split.json next to the data holds
+that split's IDs (train and test, each in ChilleD's row order), copied from a
+public dump of ChilleD/SVAMP (provenance in batch/data/svamp/SOURCE.txt), so the
+bundled route reads the same IDs in the same order as the datasets route, which
+loads ChilleD/SVAMP from a local cache and uses its splits as they are.
 """
 from __future__ import annotations
 
 import json
-import random
 from fractions import Fraction
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from .base import DATA_DIR, Question, Task, data_error, get_field, read_json_array, read_text
 from .grading import canonical_number
 
-SPLIT_SEED = 731
-TRAIN_FRACTION = 0.7
 SPLIT_FILE = "split.json"
-
-
-def make_split(ids: Sequence[str], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
-    """Deterministic train/test split of `ids`; each list keeps the input order."""
-    order = sorted(ids)  # sort first so the split does not depend on file order
-    random.Random(seed).shuffle(order)
-    train = set(order[: round(len(order) * TRAIN_FRACTION)])
-    return {"train": [i for i in ids if i in train],
-            "test": [i for i in ids if i not in train]}
-
-
-def write_split(data_file: Path = DATA_DIR / "svamp" / "SVAMP.json",
-                out: Path = DATA_DIR / "svamp" / SPLIT_FILE) -> dict[str, list[str]]:
-    ids = [get_field(row, "ID", str, data_file, i + 1)
-           for i, row in enumerate(read_json_array(data_file))]
-    split = make_split(ids)
-    record = {"seed": SPLIT_SEED, "method": "sorted(IDs), random.Random(seed).shuffle, "
-              "first 70% train; lists in SVAMP.json order", **split}
-    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return split
 
 
 class SVAMP(Task):
     name = "svamp"
     family = "math"
-    note = "no official split: a seeded 700/300 split recorded in batch/data/svamp/split.json"
+    note = "the paper's split: ChilleD/SVAMP's 700 train / 300 test IDs, in batch/data/svamp/split.json"
 
     def original_name(self, split: str) -> str:
         return "SVAMP.json"
@@ -83,8 +60,3 @@ class SVAMP(Task):
         text = f"{body.strip()} {question.strip()}"
         return Question(id=qid, text=text, gold=canonical_number(Fraction(str(answer))))
 
-
-if __name__ == "__main__":
-    result = write_split()
-    print(f"wrote {DATA_DIR / 'svamp' / SPLIT_FILE}: "
-          f"{len(result['train'])} train / {len(result['test'])} test")
