@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from mapd.training import PRESETS, RecordsError, TrainConfig, preset, train
-from mapd.training.data import IGNORE, KINDS, collate, encode_records, load_records, padding_fraction, plan_batches
+from mapd.training.data import (IGNORE, KINDS, Example, collate, encode_records, load_records, padding_fraction,
+                                pair_units, plan_batches)
 from mapd.training.loss import combined_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +29,21 @@ GSM8K = ROOT / "batch" / "data" / "gsm8k" / "train.jsonl"
 
 
 def write_records(path: Path, n: int, feedback_every: int = 3, start: int = 0) -> Path:
-    """n realistic records from GSM8K train: rationale = question -> worked answer; feedback =
-    question + a wrong earlier answer -> a comment. Extra provenance columns, as the stage writes."""
+    """Realistic records for n questions of GSM8K train: each a rationale (question -> worked
+    answer); every feedback_every-th also a feedback (question + a wrong earlier answer -> a
+    comment) of the same question id, so the two pair. Extra provenance columns, as the stage writes."""
     rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[start:start + n]]
     records = []
     for i, r in enumerate(rows):
+        kinds = {"rationale": (r["question"], r["answer"])}
         if i % feedback_every == 0:
-            prompt = (f"{r['question']}\n\nYour earlier answer was:\nThe answer is 3.\n\nThe correct answer is "
-                      f"{r['answer'].split('####')[-1].strip()}. Explain what went wrong in your earlier answer.")
-            response = "The earlier answer skipped steps. " + r["answer"].split("####")[0].strip()
-            kind = "feedback"
-        else:
-            prompt, response, kind = r["question"], r["answer"], "rationale"
-        records.append({"record_id": f"{kind}:t:{i}", "question_id": f"gsm8k-{i}", "kind": kind, "prompt": prompt,
-                        "response": response, "teacher": "t", "mean_score": 4.5})
+            kinds["feedback"] = (
+                f"{r['question']}\n\nYour earlier answer was:\nThe answer is 3.\n\nThe correct answer is "
+                f"{r['answer'].split('####')[-1].strip()}. Explain what went wrong in your earlier answer.",
+                "The earlier answer skipped steps. " + r["answer"].split("####")[0].strip())
+        records += [{"record_id": f"{kind}:t:{i}", "question_id": f"gsm8k-{i}", "kind": kind, "prompt": prompt,
+                     "response": response, "teacher": "t", "mean_score": 4.5}
+                    for kind, (prompt, response) in kinds.items()]
     pl.DataFrame(records).write_parquet(path)
     return path
 
@@ -135,6 +138,63 @@ def test_length_grouped_batches():
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
 
 
+def test_unpaired_plan_is_the_plan_before_pairing():
+    """Pinned plans of the code before pairing existed: pairing off (every example its own unit)
+    and records without pairs (the no-feedback ablation) batch exactly as before."""
+    lengths = [30, 12, 45, 7, 30, 22, 18, 40, 9, 27, 33]
+    alone = [[i] for i in range(len(lengths))]
+    for units in (None, alone):
+        assert plan_batches(lengths, 3, 5, 1, True, units) == [[4, 0, 9], [5, 6, 1], [2, 7, 10], [8, 3]]
+        assert plan_batches(lengths, 3, 5, 1, False, units) == [[2, 5, 10], [1, 8, 3], [7, 6, 4], [0, 9]]
+
+
+def _examples(kinds_by_question: dict[str, str], seed: int = 0) -> list[Example]:
+    """Examples of random lengths, per question one per letter: f = feedback, r = rationale."""
+    rng = random.Random(seed)
+    return [Example(f"{kind}:{q}:{j}", q, KINDS.index(kind), [0] * rng.randint(20, 400), [])
+            for q, kinds in kinds_by_question.items()
+            for j, kind in enumerate({"f": "feedback", "r": "rationale"}[c] for c in kinds)]
+
+
+def test_paired_batches_hold_whole_questions(smol_tokenizer, tmp_path):
+    df = load_records(write_records(tmp_path / "r.parquet", 62, feedback_every=1))
+    examples = encode_records(df, smol_tokenizer, max_length=512).examples
+    lengths = [len(e) for e in examples]
+    units = pair_units(examples)
+    assert len(units) == 62 and all(len(u) == 2 for u in units)
+    for grouped in (True, False):
+        plan = plan_batches(lengths, 4, 731, 0, grouped, units)
+        assert sorted(i for b in plan for i in b) == list(range(124))
+        assert [len(b) for b in plan].count(8) == len(plan) - 1      # 4 pairs a batch: batch_size counts pairs
+        for b in plan:
+            assert {examples[i].kind for i in b} == {0, 1}                # both terms in every step
+            questions = [examples[i].question_id for i in b]
+            assert all(questions.count(q) == 2 for q in questions)      # a question's two records together
+        assert plan == plan_batches(lengths, 4, 731, 0, grouped, units)
+        assert plan != plan_batches(lengths, 4, 731, 1, grouped, units)
+    unpaired = plan_batches(lengths, 8, 731, 0)
+    assert sum(len({examples[i].kind for i in b}) == 1 for b in unpaired) > 0   # what pairing fixes
+    assert padding_fraction(plan_batches(lengths, 4, 731, 0, True, units), lengths) < padding_fraction(
+        plan_batches(lengths, 4, 731, 0, False, units), lengths)
+
+
+def test_pairing_edge_cases():
+    """Several of a kind: max(n, m) pairs, the shorter list cycled. One kind only: lone records,
+    batched among themselves; the no-feedback ablation is all lone records."""
+    examples = _examples({"a": "frrr", "b": "ffr", "c": "r", "d": "f", "e": "fr", "g": "rr"})
+    assert pair_units(examples) == [[0, 1], [0, 2], [0, 3], [4, 6], [5, 6], [7], [8], [9, 10], [11], [12]]
+    lengths = [len(e) for e in examples]
+    for grouped in (True, False):
+        plan = plan_batches(lengths, 2, 3, 0, grouped, pair_units(examples))
+        assert sorted({i for b in plan for i in b}) == list(range(len(examples)))   # every record trained on
+        assert sorted(len(b) for b in plan) == [2, 2, 4, 4, 4]      # 6 pairs, 4 lone records, 2 units a batch
+        assert all({examples[i].kind for i in b} == {0, 1} for b in plan if len(b) == 4)
+    ablation = _examples({f"q{i}": "r" for i in range(30)})
+    lengths = [len(e) for e in ablation]
+    assert pair_units(ablation) == [[i] for i in range(30)]
+    assert plan_batches(lengths, 4, 731, 2, True, pair_units(ablation)) == plan_batches(lengths, 4, 731, 2)
+
+
 # ---------------------------------------------------------------- the combined loss
 
 def _hand_ce(logits, labels, rows):
@@ -191,12 +251,17 @@ def test_presets_and_config_checks():
     assert (cfg.max_length, cfg.max_grad_norm, cfg.warmup_ratio, cfg.schedule, cfg.seed, cfg.alpha) == \
         (512, 0.3, 0.03, "constant", 731, 0.5)
     assert cfg.learning_rate == 2e-4                     # not the full fine-tune's 1e-5
+    assert TrainConfig(base_model="m", records="r", out_dir="o").pairing
     assert preset("qlora", base_model="m", records="r", out_dir="o").lora_r == 64
     assert set(PRESETS) >= {"paper", "qlora"}
     with pytest.raises(ValueError, match="alpha"):
         TrainConfig(base_model="m", records="r", out_dir="o", alpha=1.5)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(base_model="m", records="r", out_dir="o", schedule="linear")
+
+
+def test_pairing_is_part_of_the_identity(tiny_cfg):
+    assert tiny_cfg.identity() != replace(tiny_cfg, pairing=False).identity()
 
 
 # ---------------------------------------------------------------- real training on the tiny model
@@ -236,8 +301,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tiny_model, tmp_path_factory) -> TrainConfig:
-    """20 optimizer steps (2 epochs x 10), micro-batches of 2 with 2 accumulated, dropout on,
-    4-bit base, cosine schedule, some records truncated."""
+    """20 optimizer steps (2 epochs x 10), micro-batches of 2 units with 2 accumulated, dropout
+    on, 4-bit base, cosine schedule, some records truncated; paired (the default): 14 questions
+    with both kinds (7 batches of pairs), 26 with a rationale only (13 batches of lone records)."""
     root = tmp_path_factory.mktemp("tiny-train")
     records = write_records(root / "records.parquet", 40)
     return TrainConfig(base_model=str(tiny_model), records=str(records), out_dir=str(root / "straight"),
@@ -266,7 +332,7 @@ def test_kill_and_resume_is_exact(tiny_cfg, straight_run, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "adapter").exists(), "killed too late: the run had finished"
     killed_at = max(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
-    assert 2 <= killed_at < 20
+    assert 2 <= killed_at < 20 and killed_at != 10          # mid-epoch: the saved plan of pairs is reused
 
     # A run dir is data, never code. Someone who can write to it plants pickles that would run
     # code when loaded: one under the old RNG file name (never read), one as the optimizer state
@@ -309,17 +375,20 @@ def test_card_and_log(tiny_cfg, straight_run):
     assert card["base_model"] == str(Path(tiny_cfg.base_model).resolve())
     assert card["config"] == asdict(tiny_cfg)
     counts = card["counts"]
-    assert counts["records"] == 40 and counts["per_kind"] == {"feedback": 14, "rationale": 26}
-    assert counts["examples"] + counts["skipped"] == 40 and counts["truncated"] > 0
+    assert counts["records"] == 54 and counts["per_kind"] == {"feedback": 14, "rationale": 40}
+    assert counts["examples"] + counts["skipped"] == 54 and counts["truncated"] > 0
+    assert (counts["pairs"], counts["unpaired"]) == (14, 26)
     assert card["steps"] == card["horizon"] == 20 and card["steps_per_epoch"] == 10
-    for key in ("loss", "feedback", "rationale"):
-        assert math.isfinite(card["final_losses"][key]) and math.isfinite(card["last_epoch_mean_losses"][key])
+    assert all(math.isfinite(v) for v in card["last_epoch_mean_losses"].values())
+    # the last step may hold lone rationales only, then its feedback loss is None
+    assert math.isfinite(card["final_losses"]["loss"]) and math.isfinite(card["final_losses"]["rationale"])
     assert 0.0 <= card["padding_fraction"] < 0.5 and card["tokens_per_second"] > 0 and card["wall_seconds"] > 0
     assert card["versions"]["peft"] and card["versions"]["bitsandbytes"] and card["resumes"] == 0
     assert card["compute_dtype"] == "float32"
     log = [json.loads(x) for x in (straight_run.parent / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 20 and all({"loss_feedback", "loss_rationale", "lr", "grad_norm"} <= r.keys() for r in log)
-    assert any(r["loss_feedback"] is not None for r in log) and any(r["loss_rationale"] is not None for r in log)
+    assert any(r["loss_feedback"] is not None and r["loss_rationale"] is not None for r in log)
+    assert all(r["loss_rationale"] is not None for r in log)        # feedback comes only in pairs here
     lrs = [r["lr"] for r in log]
     assert lrs[0] < lrs[1] and lrs[-1] < max(lrs)          # warmup, then cosine decay
     assert not (Path(tiny_cfg.out_dir) / "checkpoints").exists()

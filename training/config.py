@@ -26,7 +26,7 @@ class TrainConfig:
     alpha: float = 0.5         # weight of the feedback loss; the rationale loss gets 1 - alpha
     learning_rate: float = 2e-4
     epochs: int = 3
-    batch_size: int = 4
+    batch_size: int = 4          # pairs per micro-batch when pairing (a lone record counts as one), else records
     grad_accum: int = 1
     max_length: int = 512
     lora_r: int = 64
@@ -36,6 +36,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     schedule: str = "constant"   # "constant" (after warmup) | "cosine"
     group_by_length: bool = True
+    pairing: bool = True         # a question's feedback and rationale share a batch (see data.pair_units)
     quantize: bool = True        # 4-bit NF4 base (QLoRA); False loads it in full precision
     seed: int = 731
     save_steps: int | None = None

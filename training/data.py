@@ -68,6 +68,7 @@ def prompt_text(tokenizer, prompt: str) -> str:
 @dataclass
 class Example:
     record_id: str
+    question_id: str
     kind: int                 # index into KINDS
     input_ids: list[int]
     labels: list[int]
@@ -109,7 +110,8 @@ class Encoder:
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def encode(self, record_id: str, kind: str, prompt: str, response: str) -> tuple[Example | None, bool]:
+    def encode(self, record_id: str, question_id: str, kind: str, prompt: str,
+               response: str) -> tuple[Example | None, bool]:
         """(example, truncated); example is None when the prompt alone fills max_length."""
         p = self.bos + self.tokens(prompt_text(self.tokenizer, prompt))
         r = self.tokens(response + self.eot)
@@ -118,7 +120,7 @@ class Encoder:
             return None, False
         truncated = len(r) > room
         r = r[:room]
-        return Example(record_id, KINDS.index(kind), p + r, [IGNORE] * len(p) + r, truncated), truncated
+        return Example(record_id, question_id, KINDS.index(kind), p + r, [IGNORE] * len(p) + r, truncated), truncated
 
 
 def encode_records(df: pl.DataFrame, tokenizer, max_length: int) -> Encoded:
@@ -126,7 +128,8 @@ def encode_records(df: pl.DataFrame, tokenizer, max_length: int) -> Encoded:
     per_kind = {k: int((df["kind"] == k).sum()) for k in KINDS}
     out = Encoded([], per_kind)
     for row in df.iter_rows(named=True):
-        example, truncated = encoder.encode(row["record_id"], row["kind"], row["prompt"], row["response"])
+        example, truncated = encoder.encode(row["record_id"], row["question_id"], row["kind"], row["prompt"],
+                                            row["response"])
         if example is None:
             out.skipped.append(row["record_id"])
             continue
@@ -154,26 +157,56 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind": kind}
 
 
-def plan_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                 group_by_length: bool = True) -> list[list[int]]:
+def pair_units(examples: list[Example]) -> list[list[int]]:
+    """The units batches are made of when pairing: [feedback, rationale] pairs of one question, or
+    lone records. A question with n feedback and m rationale records gives max(n, m) pairs, the
+    shorter list cycled (so with `--selection all` every record is trained on and every pair holds
+    both kinds; a record of the shorter list then appears more than once an epoch). A question with
+    one kind only (the no-feedback ablation; a question whose feedback was not accepted or whose
+    partner's prompt was too long) gives lone records."""
+    by_question: dict[str, tuple[list[int], list[int]]] = {}
+    for i, e in enumerate(examples):
+        by_question.setdefault(e.question_id, ([], []))[e.kind].append(i)
+    units = []
+    for feedback, rationale in by_question.values():
+        if feedback and rationale:
+            units += [[feedback[j % len(feedback)], rationale[j % len(rationale)]]
+                      for j in range(max(len(feedback), len(rationale)))]
+        else:
+            units += [[i] for i in feedback + rationale]
+    return units
+
+
+def plan_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
+                 units: list[list[int]] | None = None) -> list[list[int]]:
     """One epoch's batches of example indices, a pure function of its arguments.
 
-    Plain: a seeded shuffle cut into batches. Grouped by length: the shuffle is cut into
-    mega-batches of MEGA_BATCH * batch_size, each sorted by length (longest first) and cut into
-    batches, and the batches' order is shuffled, so a batch holds examples of similar length and
-    pads little, while the epoch stays random."""
+    A batch holds batch_size units (`pair_units`; None: every example alone). Pairs and lone
+    records never share a batch, so every batch of pairs has both kinds; the batches of lone records
+    are shuffled in among them rather than left at the epoch's end. Plain: a seeded shuffle cut
+    into batches. Grouped by length: the shuffle is cut into mega-batches of MEGA_BATCH *
+    batch_size units, each sorted by the unit's longest record (longest first) and cut into
+    batches, and the batches' order is shuffled, so a batch pads little while the epoch stays
+    random. Without pairs this is exactly the plan of unpaired training."""
     rng = random.Random(f"mapd-train:{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if not group_by_length:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    mega = MEGA_BATCH * batch_size
+    if units is None:
+        units = [[i] for i in range(len(lengths))]
+    width = [max(lengths[i] for i in u) for u in units]
+    sizes = sorted({len(u) for u in units}, reverse=True)
     batches = []
-    for start in range(0, len(order), mega):
-        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    for size in sizes:
+        order = [k for k, u in enumerate(units) if len(u) == size]
+        rng.shuffle(order)
+        if not group_by_length:
+            batches += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            continue
+        mega = MEGA_BATCH * batch_size
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start:start + mega], key=lambda k: -width[k])
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if group_by_length or len(sizes) > 1:
+        rng.shuffle(batches)
+    return [[i for k in b for i in units[k]] for b in batches]
 
 
 def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:

@@ -30,7 +30,7 @@ from mapd.local_teachers.threads import fit_threads
 
 from . import checkpoint
 from .config import TrainConfig, TrainingStopped, file_sha256
-from .data import KINDS, collate, encode_records, load_records, plan_batches
+from .data import KINDS, collate, encode_records, load_records, pair_units, plan_batches
 from .loss import combined_loss
 from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device
 
@@ -77,10 +77,15 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     examples = encoded.examples
     lengths = [len(e) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    counts = encoded.counts()
+    units = pair_units(examples) if cfg.pairing else [[i] for i in range(len(examples))]
+    pairs = sum(len(u) == 2 for u in units)
+    counts = {**encoded.counts(), "pairs": pairs, "unpaired": len(units) - pairs}
     log.info("train: %s", counts)
 
-    batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    def plan(epoch: int) -> list[list[int]]:
+        return plan_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length, units)
+
+    batches_per_epoch = len(plan(0))    # the same in every epoch
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     horizon = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
@@ -110,8 +115,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
             if state["step"] >= horizon:
                 break
             if epoch != state["epoch"] or state["order"] is None:
-                state.update(epoch=epoch, position=0,
-                             order=plan_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length))
+                state.update(epoch=epoch, position=0, order=plan(epoch))
             order = state["order"]
             while state["position"] < len(order) and state["step"] < horizon:
                 group = [[examples[i] for i in b] for b in order[state["position"]:state["position"] + cfg.grad_accum]]
