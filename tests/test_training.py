@@ -23,6 +23,7 @@ from mapd.training import PRESETS, RecordsError, TrainConfig, preset, train
 from mapd.training.data import (IGNORE, KINDS, Example, collate, encode_records, load_records, padding_fraction,
                                 pair_units, plan_batches)
 from mapd.training.loss import combined_loss
+from mapd.training.qlora import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT / "batch" / "data" / "gsm8k" / "train.jsonl"
@@ -248,20 +249,37 @@ def test_one_kind_batch_keeps_its_weight():
 
 def test_presets_and_config_checks():
     cfg = preset("paper", base_model="m", records="r", out_dir="o")
-    assert (cfg.max_length, cfg.max_grad_norm, cfg.warmup_ratio, cfg.schedule, cfg.seed, cfg.alpha) == \
-        (512, 0.3, 0.03, "constant", 731, 0.5)
+    assert (cfg.pairing, cfg.batch_size, cfg.grad_accum, cfg.weight_decay, cfg.warmup_ratio, cfg.schedule) == \
+        (True, 4, 2, 0.01, 0.0, "constant")             # 4 pairs (their no-flash-attention batch), no warmup
+    assert (cfg.epochs, cfg.max_length, cfg.max_grad_norm, cfg.seed, cfg.alpha) == (10, 512, 0.3, 731, 0.5)
     assert cfg.learning_rate == 2e-4                     # not the full fine-tune's 1e-5
-    assert TrainConfig(base_model="m", records="r", out_dir="o").pairing
+    default = TrainConfig(base_model="m", records="r", out_dir="o")
+    assert default.pairing and default.weight_decay == 0.0
     assert preset("qlora", base_model="m", records="r", out_dir="o").lora_r == 64
     assert set(PRESETS) >= {"paper", "qlora"}
     with pytest.raises(ValueError, match="alpha"):
         TrainConfig(base_model="m", records="r", out_dir="o", alpha=1.5)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(base_model="m", records="r", out_dir="o", schedule="linear")
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainConfig(base_model="m", records="r", out_dir="o", weight_decay=-0.1)
 
 
-def test_pairing_is_part_of_the_identity(tiny_cfg):
-    assert tiny_cfg.identity() != replace(tiny_cfg, pairing=False).identity()
+def test_weight_decay_reaches_the_optimizer(tiny_cfg):
+    layer = torch.nn.Linear(4, 4)
+    for decay in (0.0, 0.01):
+        optimizer = make_optimizer(layer, replace(tiny_cfg, weight_decay=decay), torch.device("cpu"))
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [decay]
+    before = layer.weight.detach().clone()
+    layer.weight.grad, layer.bias.grad = torch.zeros(4, 4), torch.zeros(4)
+    optimizer.step()                                  # no gradient: only the decay moves the weights
+    torch.testing.assert_close(layer.weight.detach(), before * (1 - tiny_cfg.learning_rate * 0.01))
+
+
+def test_pairing_and_weight_decay_are_part_of_the_identity(tiny_cfg):
+    identity = tiny_cfg.identity()
+    assert identity != replace(tiny_cfg, pairing=False).identity()
+    assert identity != replace(tiny_cfg, weight_decay=0.01).identity()
 
 
 # ---------------------------------------------------------------- real training on the tiny model

@@ -58,8 +58,8 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     if device.type == "cuda":
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW32bit(params, lr=cfg.learning_rate, weight_decay=0.0)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+        return bnb.optim.PagedAdamW32bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(step: int, warmup: int, horizon: int, schedule: str) -> float:
