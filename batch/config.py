@@ -18,6 +18,8 @@ DEMO_COMMITTEE = ("demo-teacher-a", "demo-teacher-b", "demo-teacher-c")
 PAPER_SEED = 731
 SELECTIONS = ("paper", "all")
 ENGINES = ("vllm", "transformers")
+GOLD_HINTS = ("answer", "solution")
+EVAL_SAMPLINGS = ("greedy", "paper")
 CONFIG_FILE = "config.yaml"
 
 
@@ -40,6 +42,10 @@ class RunConfig:
     policy_overrides: dict = field(default_factory=dict)   # Policy fields over the preset
     selection: str = "paper"            # paper: one rationale + one feedback per question; all
     feedback: bool = True               # False: the no-feedback ablation
+    keep_cut: bool = False              # True: completions cut at max_tokens are reviewed and trained on
+    gold_hint: str = "solution"         # feedback and review prompts show: answer | solution (where the task has one)
+    eval_sampling: str = "greedy"       # greedy | paper (the authors' T=0.3, top_p=0.9, eval_samples answers each)
+    eval_samples: int = 3               # answers per test question with eval_sampling paper
     train_preset: str = "qlora"         # mapd.training.PRESETS: qlora | paper
     train_overrides: dict = field(default_factory=dict)    # TrainConfig fields over the preset
     init_adapter: str | None = None     # a later round: the student's adapter from the round before
@@ -102,6 +108,10 @@ class RunConfig:
         check("teachers", len(self.teachers) >= 1 and len(set(self.teachers)) == len(self.teachers),
               f"the committee must name one or more distinct teachers, got {list(self.teachers)}")
         check("selection", self.selection in SELECTIONS, f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        check("gold_hint", self.gold_hint in GOLD_HINTS, f"{self.gold_hint!r} is not one of {', '.join(GOLD_HINTS)}")
+        check("eval_sampling", self.eval_sampling in EVAL_SAMPLINGS,
+              f"{self.eval_sampling!r} is not one of {', '.join(EVAL_SAMPLINGS)}")
+        check("eval_samples", self.eval_samples >= 1, f"must be at least 1, got {self.eval_samples}")
         guarded("policy", lambda: policy_from(self.policy))
         guarded("policy_overrides", lambda: policy_from(self.policy, self.policy_overrides))
         check("train_preset", self.train_preset in TRAIN_PRESETS,

@@ -4,7 +4,13 @@ records for training, and write the committee's statistics.
 Records come in two kinds (the training contract, `records.parquet`):
 - rationale: the student's exam prompt -> an accepted rationale;
 - feedback: the exam prompt + the student's wrong answer + the gold hint -> a teacher's feedback.
-Every record keeps its provenance: question id, teacher, scores and reviewers.
+Every record keeps its provenance: question id, teacher, scores and reviewers. An unusable
+completion (empty, prompt too long, cut at max_tokens: ``teach.unusable``) is rejected before any
+other rule, so it never becomes a record.
+
+A rationale whose wrong final answer the grader only guessed (``how`` = fallback: the last number
+of a text without an answer marker) is "uncheckable": the answer check is skipped for it and the
+reviewers decide, since about a third of such rejections were misreadings of correct rationales.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from .shards import atomic_write, why_not_done, write_shard
 from .stage import Stage, WholeRunStage
 from .stats import committee_stats, format_stats
 from .tasks import Verdict
-from .teach import Teach
+from .teach import Teach, unusable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ class Dataset(WholeRunStage):
     def identity(self) -> dict:
         return {
             "stage": self.name, "selection": self.cfg.selection, "policy": dataclasses.asdict(self.policy),
-            "feedback": self.cfg.feedback, "seed": self.cfg.seed,
+            "feedback": self.cfg.feedback, "seed": self.cfg.seed, "keep_cut": self.cfg.keep_cut,
             "prompts_sha256": {k: p.sha256 for k, p in self.prompts.items()},
             "inputs": self.inputs(0),
         }
@@ -95,15 +101,23 @@ class Dataset(WholeRunStage):
     def summary_line(self) -> dict:
         stats = self.stats()
         dropped = stats["mistakes"] - stats["questions_kept"]
-        return {"stage": self.key, "rows": sum(stats["records"].values()), "prompt_too_long": 0,
-                "hit_max_tokens": 0, "empty": 0, "parse_failures": 0,
+        unusable: dict[str, int] = {}
+        for kinds in stats["unusable"].values():
+            for whys in kinds.values():
+                for why, n in whys.items():
+                    unusable[why] = unusable.get(why, 0) + n
+        return {"stage": self.key, "rows": sum(stats["records"].values()),
+                "prompt_too_long": unusable.get("prompt too long", 0), "hit_max_tokens": unusable.get("cut at max_tokens", 0),
+                "empty": unusable.get("empty", 0), "parse_failures": 0,
                 "note": f"{stats['rationales'] - stats['rationales_accepted']} rationales rejected; "
-                        f"{dropped} of {stats['mistakes']} mistaken questions dropped (no accepted rationale)"}
+                        f"{dropped} of {stats['mistakes']} mistaken questions dropped (no accepted rationale); "
+                        f"{sum(unusable.values())} completions unusable (never reviewed or trained on)"}
 
     def decisions(self) -> pl.DataFrame:
         """Every rationale and feedback the committee wrote, with its scores and the decision."""
         gold = self.exam.results().select("question_id", "gold")
-        written = pl.concat([t.results() for t in self.teaches]).join(gold, on="question_id", how="left")
+        written = (pl.concat([t.results() for t in self.teaches]).join(gold, on="question_id", how="left")
+                   .with_columns(unusable=unusable(self.cfg.keep_cut)))
         if self.reviews:
             reviews = pl.concat([r.results() for r in self.reviews])
             scored = (reviews.group_by("question_id", "author", "kind", maintain_order=True)
@@ -123,17 +137,22 @@ class Dataset(WholeRunStage):
 
     def _decide(self, w: dict):
         scores = [Score(v, ScoreStatus(s)) for v, s in zip(w["score"] or [], w["score_status"] or [])]
+        if w["unusable"]:
+            return Decision(False, None, 0, f"unusable: {w['unusable']}")
         if w["kind"] == "feedback":
             if not self.policy.review_feedback or not self.reviews:
                 return Decision(True, None, 0, "feedback is not peer-reviewed")
             return decide(scores, dataclasses.replace(self.policy, answer_check=False))
         correct = None if w["verdict"] == Verdict.UNPARSEABLE.value else w["verdict"] == Verdict.CORRECT.value
+        policy = self.policy
+        if correct is False and w["how"] == "fallback":
+            policy = dataclasses.replace(policy, answer_check=False)   # uncheckable: the reviewers decide
         if not self.reviews:
             # Single-teacher mode: no peer review; only the answer check, if the policy has it.
-            if self.policy.answer_check and not correct:
+            if policy.answer_check and not correct:
                 return Decision(False, None, 0, f"answer check failed (answer {w['answer']} != gold {w['gold']})")
             return Decision(True, None, 0, "single teacher: not peer-reviewed")
-        return decide(scores, self.policy, answer_correct=correct, answer=w["answer"], gold=w["gold"])
+        return decide(scores, policy, answer_correct=correct, answer=w["answer"], gold=w["gold"])
 
     def select(self, decisions: pl.DataFrame) -> pl.DataFrame:
         exam = {r["question_id"]: r for r in self.exam.results().iter_rows(named=True)}

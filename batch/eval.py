@@ -1,5 +1,7 @@
-"""EVAL: the student answers the test split greedily, once as the base model and once with the
-distilled adapter, graded by the same graders as the exam; then the results table."""
+"""EVAL: the student answers the test split, once as the base model and once with the distilled
+adapter, graded by the same graders as the exam; then the results table. Greedy by default, so
+the numbers repeat; ``eval_sampling: paper`` samples as the authors did (temperature 0.3, top_p
+0.9) ``eval_samples`` answers per question, each seeded, and reports their mean and spread."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +16,7 @@ from .shards import atomic_write
 from .stage import Stage
 
 VARIANTS = ("base", "distilled")
+PAPER_SAMPLING = (0.3, 0.9)   # the authors' evaluation: temperature, top_p
 
 
 class Eval(StudentAnswers):
@@ -28,12 +31,14 @@ class Eval(StudentAnswers):
         if (variant == "distilled") != (adapter is not None):
             raise ValueError("the distilled variant needs an adapter, and only it")
         spec = load_spec(cfg.student).with_engine(cfg.engine)
-        # Greedy, so the numbers repeat; both variants share one engine, so LoRA is on for both.
+        temperature, top_p = PAPER_SAMPLING if cfg.eval_sampling == "paper" else (0.0, 1.0)
+        # Both variants share one engine, so LoRA is on for both.
         spec = with_lora(dataclasses.replace(
-            spec, sampling=dataclasses.replace(spec.sampling, temperature=0.0, top_p=1.0)))
+            spec, sampling=dataclasses.replace(spec.sampling, temperature=temperature, top_p=top_p)))
         super().__init__(cfg, list(needs), spec, Path(cfg.run_dir) / "eval" / variant, part=variant,
                          adapter=str(adapter) if adapter else None)
         self.variant = variant
+        self.samples = cfg.eval_samples if cfg.eval_sampling == "paper" else 1
 
     @classmethod
     def build(cls, graph) -> list[Stage]:
@@ -52,7 +57,8 @@ def results_table(base: Eval, distilled: Eval, round_: int = 1) -> dict:
     b, d = base.summary(), distilled.summary()
     result = {
         "task": base.cfg.task, "student": base.spec.name, "round": round_, "test_size": b["questions"],
-        "base_accuracy": b["accuracy"], "distilled_accuracy": d["accuracy"],
+        "base_accuracy": b["accuracy"], "distilled_accuracy": d["accuracy"], "samples": d["samples"],
+        "base_accuracy_std": b["accuracy_std"], "distilled_accuracy_std": d["accuracy_std"],
         "base_unparseable": b["unparseable"], "distilled_unparseable": d["unparseable"],
         "adapter": distilled.adapter,
     }
@@ -62,11 +68,20 @@ def results_table(base: Eval, distilled: Eval, round_: int = 1) -> dict:
     return result
 
 
+def format_accuracy(result: dict, variant: str) -> str:
+    """"18.8%", or with several sampled answers per question their mean and spread: "18.8% ± 1.2"."""
+    text = f"{result[f'{variant}_accuracy']:.1%}"
+    if result.get("samples", 1) > 1:
+        text += f" ± {result[f'{variant}_accuracy_std'] * 100:.1f} ({result['samples']} samples)"
+    return text
+
+
 def format_results(*results: dict) -> str:
     """One line per round."""
     return (
         "| task | student | round | base accuracy | distilled accuracy | unparseable (base / distilled) | test size |\n"
         "|---|---|---|---|---|---|---|\n"
     ) + "".join(
-        f"| {r['task']} | {r['student']} | {r['round']} | {r['base_accuracy']:.1%} | {r['distilled_accuracy']:.1%} | "
-        f"{r['base_unparseable']} / {r['distilled_unparseable']} | {r['test_size']} |\n" for r in results)
+        f"| {r['task']} | {r['student']} | {r['round']} | {format_accuracy(r, 'base')} | "
+        f"{format_accuracy(r, 'distilled')} | {r['base_unparseable']} / {r['distilled_unparseable']} | "
+        f"{r['test_size']} |\n" for r in results)

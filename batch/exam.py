@@ -33,6 +33,7 @@ SCHEMA = {
     "completion_tokens": pl.Int32,
     "finish_reason": pl.String,
     "seed": pl.Int64,
+    "sample": pl.Int16,             # which of the question's answers (eval with sampling: 0..k-1; else 0)
 }
 
 
@@ -42,6 +43,7 @@ class StudentAnswers(ModelStage):
 
     schema = SCHEMA
     split = "train"
+    samples = 1      # answers per question
 
     def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None,
                  adapter: str | None = None):
@@ -57,6 +59,7 @@ class StudentAnswers(ModelStage):
             "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.data, "limit": cfg.limit,
             "seed": cfg.seed, "num_shards": cfg.num_shards, "model": self.spec.name,
             "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, "adapter_sha256": adapter,
+            "samples": self.samples,
         }
 
     def check_inputs(self, shards) -> None:
@@ -69,20 +72,21 @@ class StudentAnswers(ModelStage):
         return questions[: self.cfg.limit] if self.cfg.limit else questions
 
     def rows(self, shard: int, engine) -> list[dict]:
-        questions = shard_slice(self.questions, shard, self.cfg.num_shards)
+        asked = [(q, k) for q in shard_slice(self.questions, shard, self.cfg.num_shards) for k in range(self.samples)]
+        # The first answer is named and seeded as a single answer always has been.
         requests = [
-            Request(q.id, (("user", self.prompt.render(question=q.text)),), self.spec.sampling,
-                    seed=request_seed(self.cfg.seed, self.name, q.id))
-            for q in questions
+            Request(f"{q.id}#{k}" if k else q.id, (("user", self.prompt.render(question=q.text)),), self.spec.sampling,
+                    seed=request_seed(self.cfg.seed, self.name, q.id, *([str(k)] if k else [])))
+            for q, k in asked
         ]
         rows = []
-        for q, r, c in zip(questions, requests, engine.generate(requests, adapter=self.adapter)):
+        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=self.adapter)):
             graded = self.task.grade(c.text, q)
             rows.append({
                 "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,
                 "completion": c.text, "answer": graded.answer, "verdict": graded.verdict.value,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "finish_reason": c.finish_reason, "seed": r.seed,
+                "finish_reason": c.finish_reason, "seed": r.seed, "sample": k,
             })
         return rows
 
@@ -90,11 +94,15 @@ class StudentAnswers(ModelStage):
         """Counts of the finished stage, also written to summary.json beside its shards."""
         df = self.results()
         counts = {v.value: int((df["verdict"] == v.value).sum()) for v in Verdict}
+        # With several answers per question: the accuracy of each round of answers, then their mean and spread.
+        per_sample = df.group_by("sample").agg((pl.col("verdict") == Verdict.CORRECT.value).mean())["verdict"]
         summary = {
             "task": self.cfg.task,
             "split": self.split,
-            "questions": df.height,
-            "accuracy": counts["correct"] / df.height if df.height else 0.0,
+            "questions": df["question_id"].n_unique(),
+            "samples": self.samples,
+            "accuracy": float(per_sample.mean()) if df.height else 0.0,   # correct / answers
+            "accuracy_std": float(per_sample.std()) if per_sample.len() > 1 else 0.0,
             "correct": counts["correct"],
             "mistakes": counts["wrong"],
             "unparseable": counts["unparseable"],

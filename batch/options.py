@@ -16,16 +16,17 @@ import click
 from mapd.local_teachers.engine import go_offline
 from mapd.training import TrainingStopped
 
-from .config import CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, PAPER_SEED, SELECTIONS, ConfigError, RunConfig
+from .config import (CONFIG_FILE, DEFAULT_STUDENT, DEMO_COMMITTEE, ENGINES, EVAL_SAMPLINGS, GOLD_HINTS, PAPER_SEED,
+                     SELECTIONS, ConfigError, RunConfig)
 from .graph import Graph
 from .shards import StaleShardError
 
 # Options that set a RunConfig field of the same name.
 CONFIG_OPTIONS = ("task", "student", "engine", "data", "limit", "seed", "num_shards", "policy", "selection",
-                  "train_preset")
+                  "train_preset", "gold_hint", "eval_sampling", "eval_samples")
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
 POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
-TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps")
+TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps", "pairing")
 # A new run's shards, unless --num-shards is given: small enough that a preempted or failed task
 # loses a few minutes of a 70B teacher's work, big enough that loading the model (minutes) stays
 # a small part of each task. GSM8K's or LogiQA's train split: 15 shards; the embedded run: 1.
@@ -62,6 +63,8 @@ def _given(values: dict) -> dict:
         given["teachers"] = tuple(t.strip() for t in values["teachers"].split(",") if t.strip())
     if values["no_feedback"]:
         given["feedback"] = False
+    if values["keep_cut"]:
+        given["keep_cut"] = True
     for field, names in (("policy_overrides", POLICY_OPTIONS), ("train_overrides", TRAIN_OPTIONS)):
         overrides = {k: values[k] for k in names if values[k] is not None}
         if overrides:
@@ -132,6 +135,15 @@ def run_options(*, writes: bool):
         @click.option("--selection", type=click.Choice(SELECTIONS), default=None,
                       help="paper: one accepted rationale and one feedback per question; all: every accepted one [paper]")
         @click.option("--no-feedback", is_flag=True, default=None, help="the no-feedback ablation: rationales only")
+        @click.option("--keep-cut", is_flag=True, default=None,
+                      help="review and train on completions cut at max_tokens too [dropped]")
+        @click.option("--gold-hint", type=click.Choice(GOLD_HINTS), default=None,
+                      help="what feedback writers and reviewers are shown: the gold answer, or the task's "
+                      "worked solution where it has one [solution]")
+        @click.option("--eval-sampling", type=click.Choice(EVAL_SAMPLINGS), default=None,
+                      help="greedy, or the authors' sampling (temperature 0.3, top_p 0.9, seeded) [greedy]")
+        @click.option("--eval-samples", type=click.IntRange(min=1), default=None,
+                      help="with --eval-sampling paper: answers per question; accuracy is their mean [3]")
         @click.option("--train-preset", type=click.Choice(["qlora", "paper"]), default=None, help="[qlora]")
         @click.option("--alpha", type=float, default=None, help="weight of the feedback loss [preset: 0.5]")
         @click.option("--epochs", type=int, default=None)
@@ -140,12 +152,15 @@ def run_options(*, writes: bool):
         @click.option("--max-length", type=int, default=None)
         @click.option("--lora-r", type=int, default=None)
         @click.option("--max-steps", type=int, default=None, help="stop training after this many steps")
+        @click.option("--pairing", type=click.Choice(["on", "off"]), default=None,
+                      callback=lambda ctx, param, value: None if value is None else value == "on",
+                      help="a question's feedback and rationale in the same batch [on]")
         @click.option("--reconfigure", is_flag=True, help="change settings saved in the run's config.yaml")
         @click.option("-v", "--verbose", is_flag=True)
         @functools.wraps(f)
         @user_errors
         def wrapper(run_dir, reconfigure, verbose, **values):
-            names = (*CONFIG_OPTIONS, "teachers", "no_feedback", *POLICY_OPTIONS, *TRAIN_OPTIONS)
+            names = (*CONFIG_OPTIONS, "teachers", "no_feedback", "keep_cut", *POLICY_OPTIONS, *TRAIN_OPTIONS)
             given = _given({k: values.pop(k) for k in names})
             cfg = resolve(run_dir, given, reconfigure)
             setup_logging(cfg.run_dir if writes else None, verbose)

@@ -15,13 +15,11 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .eval import format_accuracy
+from .paper import PAPER, PAPER_SOURCE, PAPER_STUDENT, paper_differences
 from .shards import atomic_write
 from .stats import format_stats
 
-# The paper's headline accuracies (%), base -> distilled, Llama2-7B-chat student with its
-# three-teacher committee (Li et al., arXiv 2410.03663, main results table).
-PAPER = {"gsm8k": (16.55, 36.24), "svamp": (44.71, 59.50), "strategyqa": (48.53, 67.67), "logiqa": (16.50, 36.27)}
-PAPER_SOURCE = "Li et al., arXiv 2410.03663, main results, Llama2-7B-chat student"
 EXAMPLES = 3
 SCORES = (1, 2, 3, 4, 5, None)          # None: no usable score (no_score or out_of_range)
 
@@ -77,14 +75,18 @@ def accuracy(graph) -> str:
     if len(stages) < 2 or any(s.pending() for s in stages) or not path.is_file():
         return _missing("eval not run yet: no results for the base and distilled students of this configuration")
     r = json.loads(path.read_text())
-    rows = [["this run", r["student"], r["test_size"], f"{r['base_accuracy']:.1%}", f"{r['distilled_accuracy']:.1%}",
+    rows = [["this run", r["student"], r["test_size"], format_accuracy(r, "base"), format_accuracy(r, "distilled"),
              f"{r['base_unparseable']} / {r['distilled_unparseable']}"]]
-    if r["task"] in PAPER:
-        base, distilled = PAPER[r["task"]]
-        rows.append(["the paper", "Llama2-7B-chat", "", f"{base:.2f}%", f"{distilled:.2f}%", ""])
-    note = f"<p>The paper's figures: {_esc(PAPER_SOURCE)}.</p>" if r["task"] in PAPER else ""
-    return _table(["", "student", "test questions", "base", "distilled", "unparseable (base / distilled)"],
-                  rows) + note
+    if r["task"] not in PAPER:
+        return _table(HEADER, rows)
+    base, distilled = PAPER[r["task"]]
+    rows.append(["the paper", PAPER_STUDENT, "", f"{base:.2f}%", f"{distilled:.2f}%", ""])
+    lines = "".join(f"<li><b>{_esc(what)}</b>: {_esc(text)}</li>" for what, text in paper_differences(graph))
+    return (_table(HEADER, rows) + f"<p>The paper's figures: {_esc(PAPER_SOURCE)}. What differs between the two "
+            f"rows, so they are not directly comparable:</p><ul>{lines}</ul>")
+
+
+HEADER = ["", "student", "test questions", "base", "distilled", "unparseable (base / distilled)"]
 
 
 def reviews_section(graph) -> str:

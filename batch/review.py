@@ -1,5 +1,5 @@
-"""REVIEW: one reviewer scores every rationale written by the OTHER teachers (never its own),
-shown the gold answer, and with ``review_feedback`` their feedback too. One job = one reviewer
+"""REVIEW: one reviewer scores every usable rationale written by the OTHER teachers (never its
+own), shown the gold hint, and with ``review_feedback`` their feedback too. One job = one reviewer
 model, loaded once, for its shard. Requests are grouped by question so the ones sharing a
 prompt prefix run together and vLLM's prefix cache serves them."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .committee import parse_score, policy_from
 from .config import request_seed
 from .prompts import load_prompt
 from .stage import ModelStage, Stage
-from .teach import Teach
+from .teach import Teach, gold_solution, unusable
 
 SCHEMA = {
     "question_id": pl.String,
@@ -68,19 +68,23 @@ class Review(ModelStage):
             "stage": self.name, "reviewer": self.spec.name, "model_identity": self.spec.identity(),
             "seed": self.cfg.seed, "num_shards": self.cfg.num_shards,
             "prompts_sha256": {k: p.sha256 for k, p in self.prompts.items()},
-            "authors": [t.spec.name for t in self.authors],
+            "authors": [t.spec.name for t in self.authors], "gold_hint": self.cfg.gold_hint,
+            "keep_cut": self.cfg.keep_cut,
         }
 
     def rows(self, shard: int, engine) -> list[dict]:
         exam = {r["question_id"]: r for r in self.exam.shard_frame(shard).iter_rows(named=True)}
         written = pl.concat([t.shard_frame(shard) for t in self.authors])
-        written = written.filter(pl.col("kind").is_in(list(self.prompts))).sort("question_id", "kind", "teacher", maintain_order=True)
+        written = (written.filter(pl.col("kind").is_in(list(self.prompts)), unusable(self.cfg.keep_cut).is_null())
+                   .sort("question_id", "kind", "teacher", maintain_order=True))
+        questions = {q.id: q for q in self.exam.questions}
         todo = []
         for w in written.iter_rows(named=True):
             q = exam[w["question_id"]]
             text = self.prompts[w["kind"]].render(
                 question=q["question"], gold=q["gold"], rationale=w["completion"],
-                feedback=w["completion"], student_answer=q["completion"])
+                feedback=w["completion"], student_answer=q["completion"],
+                solution=gold_solution(questions[w["question_id"]], self.cfg.gold_hint))
             seed = request_seed(self.cfg.seed, self.name, self.spec.name, w["teacher"], w["kind"], w["question_id"])
             todo.append((w, Request(f"{w['teacher']}:{w['kind']}:{w['question_id']}", (("user", text),), self.spec.sampling, seed)))
         rows = []

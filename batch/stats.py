@@ -34,6 +34,10 @@ def committee_stats(exam: pl.DataFrame, decisions: pl.DataFrame, reviews: pl.Dat
         "passed_review_but_wrong_answer": int(rationales.filter(
             (pl.col("mean_score") > policy.threshold) & (pl.col("verdict") != "correct")).height),
         "rejection_reasons": _reason_counts(rationales),
+        # Never reviewed, never trained on: empty, prompt too long, cut at max_tokens.
+        "unusable": _unusable_counts(decisions),
+        # Wrong final answers only guessed by the grader: the reviewers decided, not the answer check.
+        "answer_uncheckable": _uncheckable_counts(rationales),
     }
     if reviews is not None and reviews.height:
         scored = reviews.filter(pl.col("kind") == "rationale")
@@ -64,6 +68,21 @@ def _reason_counts(rationales: pl.DataFrame) -> dict:
     return {k: int(n) for k, n in kinds.value_counts().iter_rows()}
 
 
+def _unusable_counts(decisions: pl.DataFrame) -> dict:
+    """{teacher: {kind: {why: n}}} for the completions that could not be used."""
+    out: dict = {}
+    for r in (decisions.filter(pl.col("unusable").is_not_null())
+              .group_by("teacher", "kind", "unusable").len().sort("teacher", "kind", "unusable").iter_rows(named=True)):
+        out.setdefault(r["teacher"], {}).setdefault(r["kind"], {})[r["unusable"]] = r["len"]
+    return out
+
+
+def _uncheckable_counts(rationales: pl.DataFrame) -> dict:
+    guessed = rationales.filter((pl.col("verdict") == "wrong") & (pl.col("how") == "fallback")
+                                & pl.col("unusable").is_null())
+    return {"rationales": guessed.height, "accepted": int(guessed["accepted"].sum())}
+
+
 def format_stats(stats: dict) -> str:
     """The statistics as the few small tables a person reads after a run."""
     lines = [
@@ -74,6 +93,14 @@ def format_stats(stats: dict) -> str:
         + ", ".join(f"{n} {k}" for k, n in stats["records"].items()),
         f"answer check: {stats['passed_review_but_wrong_answer']} rationales passed review with a wrong final answer",
     ]
+    if stats["unusable"]:
+        lines.append("unusable (never reviewed or trained on): " + "; ".join(
+            f"{t} " + ", ".join(f"{n} {kind} {why}" for kind, whys in kinds.items() for why, n in whys.items())
+            for t, kinds in stats["unusable"].items()))
+    guessed = stats["answer_uncheckable"]
+    if guessed["rationales"]:
+        lines.append(f"answer uncheckable (a wrong answer only guessed from the text, no answer marker): "
+                     f"{guessed['rationales']} rationales, left to the reviewers, {guessed['accepted']} accepted")
     if stats["rejection_reasons"]:
         lines.append("rejected because: " + ", ".join(f"{k} x{n}" for k, n in stats["rejection_reasons"].items()))
     matrix = stats.get("review_matrix")

@@ -1,6 +1,11 @@
 """TEACH: for every mistake of the exam, one teacher writes (a) feedback on the student's wrong
-answer, shown the gold answer as a hint, and (b) its own rationale, shown only the question
-(the student's own exam prompt). One job = one teacher model, loaded once, for its shard."""
+answer, shown the gold hint, and (b) its own rationale, shown only the question (the student's
+own exam prompt). One job = one teacher model, loaded once, for its shard.
+
+The gold hint (``gold_hint``) is the gold answer, or, by default, the task's worked solution
+where it has one (GSM8K's solution, StrategyQA's facts), as the authors showed it; the reviewers
+see the same hint. A completion that is empty, was never generated (its prompt too long) or was
+cut at max_tokens is unusable: never reviewed, never trained on (``unusable``)."""
 from __future__ import annotations
 
 from functools import cached_property
@@ -15,7 +20,7 @@ from .config import request_seed
 from .exam import Exam
 from .prompts import load_prompt
 from .stage import ModelStage, Stage
-from .tasks import Verdict
+from .tasks import Question, Verdict
 
 SCHEMA = {
     "question_id": pl.String,
@@ -25,11 +30,29 @@ SCHEMA = {
     "completion": pl.String,
     "answer": pl.String,            # rationales: the answer the task's grader extracted
     "verdict": pl.String,           # rationales: that answer against gold; feedback: null
+    "how": pl.String,               # rationales: how the grader read it: marker | fallback | null
     "prompt_tokens": pl.Int32,
     "completion_tokens": pl.Int32,
     "finish_reason": pl.String,
     "seed": pl.Int64,
 }
+
+
+def unusable(keep_cut: bool = False) -> pl.Expr:
+    """Why a written completion cannot be reviewed or trained on; null when it can. A cut one
+    (``finish_reason`` length) may stop mid-sentence, before its answer: kept only on request."""
+    return (pl.when(pl.col("finish_reason") == "prompt_too_long").then(pl.lit("prompt too long"))
+            .when(pl.col("completion").str.strip_chars() == "").then(pl.lit("empty"))
+            .when(pl.lit(not keep_cut) & (pl.col("finish_reason") == "length")).then(pl.lit("cut at max_tokens"))
+            .otherwise(pl.lit(None, pl.String)))
+
+
+def gold_solution(question: Question, gold_hint: str) -> str:
+    """The worked-solution paragraph of the feedback and review prompts ($solution): empty when
+    only the answer is shown or the task has no solution."""
+    if gold_hint != "solution" or not question.solution:
+        return ""
+    return f"Reference solution:\n{question.solution}\n\n"
 
 
 def mistakes(exam_rows: pl.DataFrame) -> pl.DataFrame:
@@ -57,6 +80,7 @@ class Teach(ModelStage):
         return {
             "stage": self.name, "teacher": self.spec.name, "model_identity": self.spec.identity(),
             "seed": self.cfg.seed, "num_shards": self.cfg.num_shards, "feedback": self.cfg.feedback,
+            "gold_hint": self.cfg.gold_hint,
             "rationale_prompt_sha256": self.rationale_prompt.sha256,
             "feedback_prompt_sha256": self.feedback_prompt.sha256,
         }
@@ -73,7 +97,9 @@ class Teach(ModelStage):
             text = self.rationale_prompt.render(question=m["question"])
             out.append(("rationale", qid, self._request("rationale", qid, text)))
             if self.cfg.feedback:
-                text = self.feedback_prompt.render(question=m["question"], student_answer=m["completion"], gold=m["gold"])
+                text = self.feedback_prompt.render(
+                    question=m["question"], student_answer=m["completion"], gold=m["gold"],
+                    solution=gold_solution(self.questions[qid], self.cfg.gold_hint))
                 out.append(("feedback", qid, self._request("feedback", qid, text)))
         return out
 
@@ -89,7 +115,7 @@ class Teach(ModelStage):
             rows.append({
                 "question_id": qid, "teacher": self.spec.name, "kind": kind, "prompt": c.prompt,
                 "completion": c.text, "answer": graded.answer if graded else None,
-                "verdict": graded.verdict.value if graded else None,
+                "verdict": graded.verdict.value if graded else None, "how": graded.how if graded else None,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "finish_reason": c.finish_reason, "seed": r.seed,
             })

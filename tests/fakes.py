@@ -8,13 +8,16 @@ from mapd.local_teachers.engine import Completion, Request, Usage
 
 
 class ScriptedEngine:
-    """A model whose completion is ``answer(request, adapter)``. Keeps usage counters as a real
-    engine does (a token is a word), every request it saw (unless ``keep_seen`` is False: a
-    benchmark at scale measures memory) and its number of generate calls."""
+    """A model whose completion is ``answer(request, adapter)``, finished for ``finish(text)``
+    ("stop" unless told: "length" plays a completion cut at max_tokens). Keeps usage counters as
+    a real engine does (a token is a word), every request it saw (unless ``keep_seen`` is False:
+    a benchmark at scale measures memory) and its number of generate calls."""
 
-    def __init__(self, answer: Callable[[Request, str | None], str], keep_seen: bool = True):
+    def __init__(self, answer: Callable[[Request, str | None], str], keep_seen: bool = True,
+                 finish: Callable[[str], str] = lambda text: "stop"):
         self.answer = answer
         self.keep_seen = keep_seen
+        self.finish = finish
         self.usage = Usage()
         self.seen: list[Request] = []
         self.calls = 0
@@ -32,7 +35,7 @@ class ScriptedEngine:
             self.usage.prompt_tokens += n_prompt
             self.usage.completion_tokens += n_text
             self.usage.seconds += 0.001
-            out.append(Completion(r.id, prompt, text, n_prompt, n_text, "stop"))
+            out.append(Completion(r.id, prompt, text, n_prompt, n_text, self.finish(text)))
         return out
 
 

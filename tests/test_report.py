@@ -122,7 +122,7 @@ def test_a_partial_run_reports_what_exists_and_names_what_is_missing(through_dat
     exam = graph.one("exam").results()
     assert html.escape(exam["question"][0]) in page and "The answer is 999999." in page
     assert html.escape(FEEDBACK) in page and FEEDBACK not in page
-    assert re.search(r"scores: tiny-teacher-\w \d, tiny-teacher-\w \d; mean \d\.\d", page)
+    assert re.search(r"scores: tiny-teacher-\w (\d|no score), tiny-teacher-\w (\d|no score); mean \d\.\d", page)
     # Timings from the manifests, and the full-size estimate: svamp's 700 train questions are
     # 175 x this run's 4, so the exam's 4 generations become 700, each teacher's 8 become 1,400.
     assert re.search(r"<td>exam</td><td>2/2</td><td>4</td>", page)
@@ -154,6 +154,7 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
     assert (table["base_accuracy"], table["distilled_accuracy"]) == (0.25, 0.75)
     assert "<td>this run</td><td>tiny-llama</td><td>4</td><td>25.0%</td><td>75.0%</td>" in page
     assert "<td>44.71%</td><td>59.50%</td>" in page and "arXiv 2410.03663" in page
+    assert "What differs between the two rows" in page and "<li><b>split</b>: the paper's 700/300" in page
     card = json.loads((graph.one("train").adapter / "card.json").read_text())
     assert f"<td>steps</td><td>{card['steps']}</td>" in page and 'class="missing"' not in page
     assert re.search(r"<td>eval/distilled</td><td>300</td>", page) and "500 tokens/s" in page

@@ -101,7 +101,9 @@ def test_strategyqa_rows(loaded):
     train, test = loaded["strategyqa", "train"], loaded["strategyqa", "test"]
     assert train[0] == Question(
         "2bc9c4f9c19c167187f2",
-        "Are more people today related to Genghis Khan than Julius Caesar?", "yes")
+        "Are more people today related to Genghis Khan than Julius Caesar?", "yes",
+        solution="Julius Caesar had three children. Genghis Khan had sixteen children. Modern geneticists have "
+                 "determined that  out of every 200 men today has DNA that can be traced to Genghis Khan.")
     assert (test[0].id, test[0].gold) == ("e0044a7b4d146d611e73", "no")
     assert {q.gold for q in train} == {"yes", "no"}
     assert sum(q.gold == "yes" for q in train) == 964

@@ -59,6 +59,7 @@ class Question:
     text: str  # exactly what a model is shown
     gold: str  # canonical gold answer (see each task)
     options: tuple[str, ...] = ()  # choice tasks only, without letter prefixes
+    solution: str = ""  # a worked solution or supporting facts, where the task has them
 
 
 # ---------------------------------------------------------------- field access

@@ -1,7 +1,8 @@
 """GSM8K: grade-school math word problems (openai/grade-school-math).
 
 Originals: train.jsonl / test.jsonl, one {"question", "answer"} object per
-line; the answer is a worked solution whose last line is "#### <number>".
+line; the answer is a worked solution whose last line is "#### <number>". The solution, without
+that line and without its calculator annotations ("<<48/2=24>>"), is the question's gold hint.
 The Hugging Face copy (openai/gsm8k, config "main") has the same fields.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from .base import Question, Task, data_error, get_field, read_jsonl
 
 _GOLD = re.compile(r"-?\d+(?:\.\d+)?")
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 class GSM8K(Task):
@@ -34,8 +36,10 @@ class GSM8K(Task):
         if "####" not in answer:
             raise data_error(file, "no '####' final-answer line", index + 1, "answer")
         # Golds are written with thousands separators now and then ("1,080").
-        gold = answer.rsplit("####", 1)[1].strip().replace(",", "")
+        steps, gold = answer.rsplit("####", 1)
+        gold = gold.strip().replace(",", "")
         if not _GOLD.fullmatch(gold):
             raise data_error(file, f"gold after '####' is not a number: {gold!r}",
                              index + 1, "answer")
-        return Question(id=f"gsm8k-{tag}-{index}", text=question.strip(), gold=gold)
+        return Question(id=f"gsm8k-{tag}-{index}", text=question.strip(), gold=gold,
+                        solution=_CALCULATOR.sub("", steps).strip())

@@ -1,8 +1,8 @@
 """StrategyQA: yes/no questions that need implicit multi-step reasoning.
 
 Originals (eladsegal/strategyqa): train.json and dev.json, JSON arrays of
-objects with qid, question and a boolean answer (plus facts and a
-decomposition, unused here). Together they are the official labelled train
+objects with qid, question, a boolean answer, the facts that decide it (the
+question's gold hint, as the authors showed it) and a decomposition (unused). Together they are the official labelled train
 set split 90/10; the official test set has no public labels. So this
 project's "train" split reads train.json and its "test" split reads dev.json.
 """
@@ -33,4 +33,7 @@ class StrategyQA(Task):
         answer = get_field(row, "answer", bool, file, index + 1)
         qid = row.get("qid")  # some copies lack ids; fall back to the position
         qid = qid if isinstance(qid, str) and qid else f"strategyqa-{tag}-{index}"
-        return Question(id=qid, text=question.strip(), gold="yes" if answer else "no")
+        facts = row.get("facts")   # optional: not every copy has them
+        facts = [f.strip() for f in facts if isinstance(f, str)] if isinstance(facts, list) else []
+        return Question(id=qid, text=question.strip(), gold="yes" if answer else "no",
+                        solution=" ".join(f for f in facts if f))
