@@ -35,17 +35,21 @@ dropped, or, when ``invalid_as`` is an int, counted as that score. Then, in this
 The mean is reported even for a rationale rejected by the answer check, so the check's effect
 can be counted. The ``paper`` preset is the authors' rule exactly: scores in 1..5 are kept,
 accepted when their mean is > 3, no answer check, feedback not reviewed. ``review_feedback`` is
-read by the stages, not here: reviewed feedback goes through ``decide`` without answer check.
+read by the stages, not here: reviewed feedback goes through the rule without answer check.
+
+``decide_all`` applies the rule to every row of a frame at once (the dataset stage's hundreds
+of thousands of rationales, as polars expressions); ``decide`` is it for one rationale.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 import re
-import statistics
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import polars as pl
 
 LOW, HIGH = 1, 5   # the score scale the review prompts ask for
 
@@ -166,20 +170,37 @@ def decide(scores: Sequence[Score], policy: Policy, answer_correct: bool | None 
     """Whether one rationale (or reviewed feedback) is accepted, by the rule in the module
     docstring. ``answer_correct`` is the grader's verdict on its final answer (None: could not be
     read); ``answer`` and ``gold`` only make the reason of a failed answer check more telling."""
-    counted = [s.value if s.status is ScoreStatus.OK else policy.invalid_as for s in scores]
-    counted = [v for v in counted if v is not None]
-    mean = statistics.fmean(counted) if counted else None
+    one = pl.DataFrame({"score": [[s.value for s in scores]], "score_status": [[s.status.value for s in scores]],
+                        "answer_correct": [answer_correct], "answer": [answer], "gold": [gold]},
+                       schema={"score": pl.List(pl.Int64), "score_status": pl.List(pl.String),
+                               "answer_correct": pl.Boolean, "answer": pl.String, "gold": pl.String})
+    row = decide_all(one, policy).row(0, named=True)
+    return Decision(row["accepted"], row["mean_score"], row["valid"], row["reason"])
 
-    def reject(reason: str) -> Decision:
-        return Decision(False, mean, len(counted), reason)
 
-    if policy.answer_check and answer_correct is None:
-        return reject("answer check impossible (final answer unreadable)")
-    if policy.answer_check and not answer_correct:
-        shown = f" (answer {answer} != gold {gold})" if answer is not None and gold is not None else ""
-        return reject(f"answer check failed{shown}")
-    if len(counted) < policy.min_reviews:
-        return reject(f"too few valid reviews ({len(counted)} < {policy.min_reviews})")
-    if mean <= policy.threshold:
-        return reject(f"mean {mean:.2f} <= {policy.threshold}")
-    return Decision(True, mean, len(counted), "accepted")
+def decide_all(frame: pl.DataFrame, policy: Policy, checked: pl.Expr = pl.lit(True)) -> pl.DataFrame:
+    """``decide`` for every row of ``frame``, which holds per rationale: ``score`` and
+    ``score_status`` (lists, one item per review, as in ``Score``: a value exactly when OK; null
+    when nobody reviewed it), ``answer_correct``, ``answer`` and ``gold``. The policy's answer check
+    applies only where ``checked`` is true. Adds the columns ``accepted``, ``mean_score``, ``valid``
+    and ``reason``, as in ``Decision``."""
+    ok = pl.col("score_status").list.count_matches(ScoreStatus.OK.value).fill_null(0).cast(pl.Int64)
+    total = pl.col("score").cast(pl.List(pl.Int64)).list.sum().fill_null(0)   # a list's sum skips nulls
+    if policy.invalid_as is not None:
+        invalid = pl.col("score_status").list.len().fill_null(0).cast(pl.Int64) - ok
+        ok, total = ok + invalid, total + policy.invalid_as * invalid
+    frame = frame.with_columns(valid=ok, mean_score=pl.when(ok > 0).then(total / ok))
+    # Python formats the means in reasons, as it always did (ties like 2.125 round its way); there are few.
+    shown = {m: f"{m:.2f}" for m in frame["mean_score"].unique().drop_nulls()}
+    valid, correct = pl.col("valid"), pl.col("answer_correct")
+    check = checked & pl.lit(policy.answer_check)
+    reason = (
+        pl.when(check & correct.is_null()).then(pl.lit("answer check impossible (final answer unreadable)"))
+        .when(check & ~correct).then(pl.format("answer check failed (answer {} != gold {})", "answer", "gold")
+                                     .fill_null(pl.lit("answer check failed")))
+        .when(valid < policy.min_reviews).then(pl.format(f"too few valid reviews ({{}} < {policy.min_reviews})", valid))
+        .when(pl.col("mean_score") <= policy.threshold).then(
+            pl.format(f"mean {{}} <= {policy.threshold}",
+                      pl.col("mean_score").replace_strict(shown, default=None, return_dtype=pl.String)))
+        .otherwise(pl.lit("accepted")))
+    return frame.with_columns(reason=reason).with_columns(accepted=pl.col("reason") == "accepted")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .committee import Decision, Policy, Score, ScoreStatus, decide, policy_from
+from .committee import Policy, decide_all, policy_from
 from .config import request_seed
 from .prompts import load_prompt
 from .review import Review
@@ -45,6 +45,7 @@ RECORD_SCHEMA = {
     "reviewers": pl.List(pl.String),
     "mean_score": pl.Float64,
 }
+_UNREVIEWED, _SINGLE = "feedback is not peer-reviewed", "single teacher: not peer-reviewed"   # reasons that accept
 
 
 class Dataset(WholeRunStage):
@@ -128,55 +129,69 @@ class Dataset(WholeRunStage):
             written = written.with_columns(score=pl.lit(None, pl.List(pl.Int8)),
                                            score_status=pl.lit(None, pl.List(pl.String)),
                                            reviewers=pl.lit(None, pl.List(pl.String)))
-        rows = []
-        for w in written.iter_rows(named=True):
-            decision = self._decide(w)
-            rows.append({**w, "accepted": decision.accepted, "mean_score": decision.mean, "reason": decision.reason})
-        return pl.DataFrame(rows, schema={**written.schema, "accepted": pl.Boolean, "mean_score": pl.Float64,
-                                          "reason": pl.String})
+        return self._decide(written).select(*written.columns, "accepted", "mean_score", "reason")
 
-    def _decide(self, w: dict):
-        scores = [Score(v, ScoreStatus(s)) for v, s in zip(w["score"] or [], w["score_status"] or [])]
-        if w["unusable"]:
-            return Decision(False, None, 0, f"unusable: {w['unusable']}")
-        if w["kind"] == "feedback":
-            if not self.policy.review_feedback or not self.reviews:
-                return Decision(True, None, 0, "feedback is not peer-reviewed")
-            return decide(scores, dataclasses.replace(self.policy, answer_check=False))
-        correct = None if w["verdict"] == Verdict.UNPARSEABLE.value else w["verdict"] == Verdict.CORRECT.value
-        policy = self.policy
-        if correct is False and w["how"] == "fallback":
-            policy = dataclasses.replace(policy, answer_check=False)   # uncheckable: the reviewers decide
-        if not self.reviews:
-            # Single-teacher mode: no peer review; only the answer check, if the policy has it.
-            if policy.answer_check and not correct:
-                return Decision(False, None, 0, f"answer check failed (answer {w['answer']} != gold {w['gold']})")
-            return Decision(True, None, 0, "single teacher: not peer-reviewed")
-        return decide(scores, policy, answer_correct=correct, answer=w["answer"], gold=w["gold"])
+    def _decide(self, written: pl.DataFrame) -> pl.DataFrame:
+        """The committee's rule (``decide_all``) for every row at once, after this stage's own
+        rules: an unusable completion is rejected, feedback nobody reviewed is accepted, and with
+        one teacher only the answer check applies."""
+        verdict = pl.col("verdict")
+        written = written.with_columns(answer_correct=pl.when(verdict == Verdict.UNPARSEABLE.value).then(None)
+                                       .otherwise(verdict.eq_missing(Verdict.CORRECT.value)))
+        feedback = pl.col("kind") == "feedback"
+        uncheckable = pl.col("answer_correct").eq_missing(False) & pl.col("how").eq_missing("fallback")
+        checked = ~feedback & ~uncheckable   # feedback is never answer-checked; the uncheckable left to the reviewers
+        decided = decide_all(written, self.policy, checked)
+        unreviewed = feedback & pl.lit(not (self.policy.review_feedback and self.reviews))
+        reason = (pl.when(pl.col("unusable").is_not_null()).then(pl.format("unusable: {}", "unusable"))
+                  .when(unreviewed).then(pl.lit(_UNREVIEWED)))
+        if self.reviews:
+            reason = reason.otherwise(pl.col("reason"))
+        else:   # single-teacher mode: no peer review; only the answer check, if the policy has it
+            failed = pl.lit(self.policy.answer_check) & checked & pl.col("answer_correct").ne_missing(True)
+            shown = (pl.col(c).fill_null("None") for c in ("answer", "gold"))   # as Python printed a None
+            reason = (reason.when(failed).then(pl.format("answer check failed (answer {} != gold {})", *shown))
+                      .otherwise(pl.lit(_SINGLE)))
+        by_stage = pl.col("unusable").is_not_null() | unreviewed | pl.lit(not self.reviews)
+        return decided.with_columns(mean_score=pl.when(~by_stage).then(pl.col("mean_score")), reason=reason
+                                    ).with_columns(accepted=pl.col("reason").is_in(["accepted", _UNREVIEWED, _SINGLE]))
 
     def select(self, decisions: pl.DataFrame) -> pl.DataFrame:
-        exam = {r["question_id"]: r for r in self.exam.results().iter_rows(named=True)}
-        accepted = decisions.filter(pl.col("accepted"))
-        records = []
-        for (qid,), group in accepted.group_by("question_id", maintain_order=True):
-            rationales = group.filter(pl.col("kind") == "rationale").to_dicts()
-            if not rationales:
-                continue   # no accepted rationale: the question is dropped, as in the paper
-            feedback = group.filter(pl.col("kind") == "feedback").to_dicts()
-            if self.cfg.selection == "paper":
-                rng = random.Random(request_seed(self.cfg.seed, "select", qid))
-                rationales = [rng.choice(rationales)]
-                feedback = [rng.choice(feedback)] if feedback else []
-            records += [self._record(w, exam[qid]) for w in rationales + feedback]
-        return pl.DataFrame(records, schema=RECORD_SCHEMA)
+        """The records: per question with an accepted rationale (the others are dropped, as in the
+        paper), its accepted rationales then feedback, or with the paper's selection one of each;
+        questions in the order of their first accepted row."""
+        kept = (decisions.filter(pl.col("accepted")).with_row_index("order")
+                .with_columns(first=pl.col("order").min().over("question_id"))
+                .filter((pl.col("kind") == "rationale").any().over("question_id")))
+        if self.cfg.selection == "paper":
+            kept = self._pick(kept)
+        kept = kept.sort("first", pl.col("kind") != "rationale", "order")
+        exam = self.exam.results().select("question_id", "question", pl.col("completion").alias("student_answer"))
+        kept = kept.join(exam, on="question_id", how="left", maintain_order="left")
+        prompts = [self._prompt(*row) for row in kept.select("kind", "question", "student_answer", "gold").iter_rows()]
+        return kept.select(
+            record_id=pl.format("{}:{}:{}", "kind", "teacher", "question_id"), question_id="question_id", kind="kind",
+            prompt=pl.Series(prompts, dtype=pl.String), response="completion", teacher="teacher",
+            scores=pl.col("score").fill_null([]), reviewers=pl.col("reviewers").fill_null([]), mean_score="mean_score",
+        ).cast(RECORD_SCHEMA)
 
-    def _record(self, w: dict, exam_row: dict) -> dict:
-        instruction = self.exam.prompt.render(question=exam_row["question"])
-        prompt = self.prompts[w["kind"]].render(instruction=instruction, student_answer=exam_row["completion"],
-                                                gold=exam_row["gold"])
-        return {
-            "record_id": f"{w['kind']}:{w['teacher']}:{w['question_id']}", "question_id": w["question_id"],
-            "kind": w["kind"], "prompt": prompt, "response": w["completion"], "teacher": w["teacher"],
-            "scores": w["score"] or [], "reviewers": w["reviewers"] or [], "mean_score": w["mean_score"],
-        }
+    def _pick(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """The paper's selection: per question one rationale and one feedback, drawn by a generator
+        seeded by the question id. It chooses a position among the question's accepted rationales
+        (then feedback) in the decisions' order: the same draw, and so record, as choosing the row."""
+        counts = kept.group_by("question_id").agg(rationales=(pl.col("kind") == "rationale").sum(),
+                                                  feedback=(pl.col("kind") == "feedback").sum())
+        picks = []
+        for qid, rationales, feedback in counts.iter_rows():
+            rng = random.Random(request_seed(self.cfg.seed, "select", qid))
+            picks.append((qid, rng.choice(range(rationales)), rng.choice(range(feedback)) if feedback else None))
+        picks = pl.DataFrame(picks, schema={"question_id": pl.String, "rationale": pl.Int64, "feedback": pl.Int64},
+                             orient="row")
+        nth = pl.int_range(pl.len()).over("question_id", "kind")
+        return (kept.join(picks, on="question_id", how="left", maintain_order="left")
+                .filter(nth == pl.when(pl.col("kind") == "rationale").then("rationale").otherwise("feedback"))
+                .drop("rationale", "feedback"))
 
+    def _prompt(self, kind: str, question: str, student_answer: str, gold: str) -> str:
+        instruction = self.exam.prompt.render(question=question)
+        return self.prompts[kind].render(instruction=instruction, student_answer=student_answer, gold=gold)

@@ -1,9 +1,12 @@
 """The committee's score parser and acceptance rule, on real-looking reviews and hand-computed cases."""
 import dataclasses
+import random
 
+import polars as pl
 import pytest
 
-from mapd.batch.committee import PRESETS, Decision, Policy, Score, ScoreStatus, decide, parse_score, policy_from
+from mapd.batch.committee import (PRESETS, Decision, Policy, Score, ScoreStatus, decide, decide_all, parse_score,
+                                  policy_from)
 
 OK, NONE, OUT = ScoreStatus.OK, ScoreStatus.NO_SCORE, ScoreStatus.OUT_OF_RANGE
 
@@ -132,6 +135,34 @@ def test_strictly_greater_than_threshold():
     assert decide(ok(3), Policy(threshold=2.99, answer_check=False)).accepted
     assert decide(ok(4, 4, 3, 4), Policy(threshold=3.75, answer_check=False)) == \
         Decision(False, 3.75, 4, "mean 3.75 <= 3.75")
+
+
+def test_mean_in_a_reason_is_rounded_as_python_formats_it():
+    # 17/8 = 2.125 exactly: Python's format rounds the tie to even, "2.12", not "2.13".
+    assert decide(ok(3, 3, 3, 2, 2, 2, 1, 1), PAPER).reason == "mean 2.12 <= 3.0"
+    assert decide(ok(3, 3, 3, 3, 2, 2, 2, 1), PAPER).reason == "mean 2.38 <= 3.0"   # 19/8 = 2.375
+
+
+@pytest.mark.parametrize("policy", [PRESETS["default"], PAPER, Policy(threshold=2.5, min_reviews=2, invalid_as=1)])
+def test_a_frame_is_decided_row_by_row(policy):
+    """decide_all over many random rationales at once, some not answer-checked or never reviewed,
+    gives each row what decide gives it alone."""
+    rng = random.Random(0)
+    pool = ok(1, 2, 3, 4, 5) + [NO, BAD]
+    cases = [([rng.choice(pool) for _ in range(rng.randrange(5))], rng.choice([True, False, None]),
+              rng.choice(["12", None]), rng.random() < 0.7, rng.random() < 0.1) for _ in range(120)]
+    frame = pl.DataFrame(
+        [{"score": None if unreviewed else [s.value for s in scores],
+          "score_status": None if unreviewed else [s.status.value for s in scores],
+          "answer_correct": correct, "answer": answer, "gold": "14", "checked": checked}
+         for scores, correct, answer, checked, unreviewed in cases],
+        schema={"score": pl.List(pl.Int8), "score_status": pl.List(pl.String), "answer_correct": pl.Boolean,
+                "answer": pl.String, "gold": pl.String, "checked": pl.Boolean})
+    decided = decide_all(frame, policy, pl.col("checked"))
+    for (scores, correct, answer, checked, unreviewed), row in zip(cases, decided.iter_rows(named=True)):
+        policy_here = dataclasses.replace(policy, answer_check=policy.answer_check and checked)
+        alone = decide([] if unreviewed else scores, policy_here, correct, answer=answer, gold="14")
+        assert Decision(row["accepted"], row["mean_score"], row["valid"], row["reason"]) == alone
 
 
 def test_invalid_scores_dropped_or_counted():
