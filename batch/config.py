@@ -49,6 +49,7 @@ class RunConfig:
     train_preset: str = "qlora"         # mapd.training.PRESETS: qlora | paper
     train_overrides: dict = field(default_factory=dict)    # TrainConfig fields over the preset
     init_adapter: str | None = None     # a later round: the student's adapter from the round before
+    imported: dict | None = None        # committee outputs read from a file (mapd import): {file, sha256}
 
     def __post_init__(self):
         object.__setattr__(self, "run_dir", Path(self.run_dir))
@@ -116,6 +117,9 @@ class RunConfig:
         guarded("policy_overrides", lambda: policy_from(self.policy, self.policy_overrides))
         check("train_preset", self.train_preset in TRAIN_PRESETS,
               f"{self.train_preset!r} is not one of {', '.join(TRAIN_PRESETS)}")
+        check("imported", self.imported is None or (set(self.imported) == {"file", "sha256"}
+                                                    and all(isinstance(v, str) for v in self.imported.values())),
+              f"expected a mapping of 'file' and 'sha256' (strings), got {self.imported!r}")
         known = {f.name for f in dataclasses.fields(TrainConfig)} - {"base_model", "records", "out_dir"}
         check("train_overrides", set(self.train_overrides) <= known,
               f"unknown field(s) {sorted(set(self.train_overrides) - known)}; allowed: {sorted(known)}")
