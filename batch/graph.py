@@ -8,6 +8,7 @@ from .config import RunConfig
 from .dataset import Dataset
 from .eval import Eval
 from .exam import Exam
+from .interop.stages import IMPORTED
 from .review import Review
 from .stage import Stage
 from .teach import Teach
@@ -23,7 +24,8 @@ class Graph:
         self.cfg = cfg
         self.stages: list[Stage] = []
         for kind in STAGES:
-            self.stages += kind.build(self)
+            # A run whose committee outputs are imported (mapd import) reads them from the file.
+            self.stages += (IMPORTED.get(kind, kind) if cfg.imported else kind).build(self)
 
     def __iter__(self):
         return iter(self.stages)
