@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import polars as pl
 
 from mapd.local_teachers.engine import Request
+from mapd.local_teachers.pool import EnginePool, MadeOnLoad
 from mapd.local_teachers.registry import ModelSpec, load_spec
+from mapd.training.merge import adapter_checksums, merge_adapter
 
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt
-from .shards import atomic_write, file_sha256
+from .shards import atomic_write
 from .stage import ModelStage, Stage
 from .tasks import Verdict, get_task
 
@@ -38,29 +40,40 @@ SCHEMA = {
 
 
 class StudentAnswers(ModelStage):
-    """The student answers ``split``, with ``adapter`` (a peft LoRA folder) when one is given;
-    subclasses set ``name`` and ``split``."""
+    """The student answers ``split``, with ``adapter`` (a peft LoRA folder) when one is given:
+    through the engine's LoRA path, or, given ``merged`` (a folder), merged into a copy of the
+    base weights written there when an engine first loads it. Subclasses set ``name`` and
+    ``split``."""
 
     schema = SCHEMA
     split = "train"
     samples = 1      # answers per question
 
     def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None,
-                 adapter: str | None = None):
-        super().__init__(cfg, needs, spec, folder, part)
+                 adapter: str | None = None, merged: Path | None = None):
+        # ``spec`` stays the student's: the model a SLURM job is sized for and checks before it starts.
+        super().__init__(cfg, needs, with_lora(spec) if adapter and merged is None else spec, folder, part)
         self.adapter = adapter
+        self.merged = None if merged is None else MadeOnLoad.of(
+            spec, str(merged), partial(merge_adapter, spec.path, adapter, merged, spec.dtype))
         self.task = get_task(cfg.task)
         self.prompt = load_prompt("student_answer", self.task.family)
 
     def settings(self) -> dict:
         cfg = self.cfg
-        adapter = None if self.adapter is None else file_sha256(Path(self.adapter) / "adapter_model.safetensors")
+        adapter = {"adapter_sha256": None} if self.adapter is None else {
+            **adapter_checksums(self.adapter), "adapter_applied": "lora" if self.merged is None else "merged"}
         return {
             "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.data, "limit": cfg.limit,
             "seed": cfg.seed, "num_shards": cfg.num_shards, "model": self.spec.name,
-            "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, "adapter_sha256": adapter,
+            "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, **adapter,
             "samples": self.samples,
         }
+
+    def run(self, shards=None, pool=None) -> dict:
+        if self.merged is not None:
+            pool = _Merged(pool or EnginePool(), self.merged)
+        return super().run(shards, pool)
 
     def check_inputs(self, shards) -> None:
         super().check_inputs(shards)
@@ -80,7 +93,8 @@ class StudentAnswers(ModelStage):
             for q, k in asked
         ]
         rows = []
-        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=self.adapter)):
+        lora = self.adapter if self.merged is None else None
+        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=lora)):
             graded = self.task.grade(c.text, q)
             rows.append({
                 "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,
@@ -128,13 +142,23 @@ def with_lora(spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, vllm={**spec.vllm, "enable_lora": True, "max_lora_rank": MAX_LORA_RANK})
 
 
+class _Merged:
+    """The engine pool as a stage that answers with a merged adapter sees it: asked for the
+    student, it hands out the merged model (under the student's name)."""
+
+    def __init__(self, pool, spec: MadeOnLoad):
+        self.pool, self.spec = pool, spec
+
+    def get(self, spec: ModelSpec):
+        return self.pool.get(self.spec)
+
+
 class Exam(StudentAnswers):
     """In a later round the student takes the exam with the adapter of the round before."""
     name = "exam"
 
     def __init__(self, cfg: RunConfig):
-        spec = load_spec(cfg.student).with_engine(cfg.engine)
-        super().__init__(cfg, [], with_lora(spec) if cfg.init_adapter else spec, Path(cfg.run_dir) / "exam",
+        super().__init__(cfg, [], load_spec(cfg.student).with_engine(cfg.engine), Path(cfg.run_dir) / "exam",
                          adapter=cfg.init_adapter)
 
     @classmethod

@@ -2,7 +2,9 @@
 engine so one job loads each model once. Backends import ``engine``; this module imports them."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 
 from .engine import Engine
 from .registry import ModelSpec
@@ -10,7 +12,24 @@ from .registry import ModelSpec
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class MadeOnLoad(ModelSpec):
+    """A model whose folder (``path``) is written by ``make()`` just before an engine loads it:
+    the student with its adapter merged in. What never loads it (a plan, a scripted engine, a
+    job whose shards are done) never pays for making it; stages name it by what it is made from
+    (the student's identity and the adapter's checksums), known before it exists."""
+    make: Callable[[], object] = dataclasses.field(default=lambda: None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, spec: ModelSpec, path: str, make: Callable[[], object]) -> "MadeOnLoad":
+        """``spec``'s settings and name, its weights in ``path``, written by ``make``."""
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}
+        return cls(**{**fields, "path": path}, make=make)
+
+
 def load_engine(spec: ModelSpec) -> Engine:
+    if isinstance(spec, MadeOnLoad):
+        spec.make()
     if spec.engine == "vllm":
         from .vllm_engine import VLLMEngine
         return VLLMEngine(spec)
