@@ -1,5 +1,6 @@
 """The run commands of ``mapd``: one per kind of stage (generated from the stage graph),
-``run-stage`` (what a SLURM job runs), ``distill``, ``plan``, ``report`` and ``model``.
+``run-stage`` (what a SLURM job runs), ``distill``, ``plan``, ``report``, ``model`` and
+``export-model``.
 ``COMMANDS`` lists them; mapd/cli.py adds them to the ``mapd`` group."""
 from __future__ import annotations
 
@@ -119,4 +120,26 @@ def model(out):
     click.echo(convert_gguf(find_gguf(), out))
 
 
-COMMANDS = [*(stage_command(kind) for kind in STAGES), run_stage, distill, plan, report, model]
+@click.command("export-model")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the folder to write")
+@click.option("--force", is_flag=True, help="replace what --out holds")
+@user_errors
+def export_model(run_dir, out, force):
+    """The distilled student as one model folder, for vLLM, transformers or any tool that loads a
+    Hugging Face folder: the run's adapter merged into the base weights (safetensors), with the
+    config, generation config, tokenizer and chat template."""
+    from mapd.training.merge import merge_adapter
+
+    setup_logging(None)
+    go_offline()
+    train = Graph(RunConfig.load(run_dir)).one("train")
+    if not (train.adapter / "card.json").is_file():
+        raise click.ClickException(f"{train.adapter}: no trained adapter yet; run `mapd train --run-dir {run_dir}` "
+                                   "(or `mapd distill`) first")
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise click.ClickException(f"{out} exists and is not empty; pass --force to replace it")
+    click.echo(merge_adapter(train.spec.path, train.adapter, out))
+
+
+COMMANDS = [*(stage_command(kind) for kind in STAGES), run_stage, distill, plan, report, model, export_model]

@@ -1,7 +1,7 @@
 """EVAL and the merged student. On CPU the distilled eval answers with the adapter merged into a
 copy of the base, made when an engine first loads it; merged or not (vLLM's LoRA path as on GPUs,
 transformers + peft), the real SmolLM2 gives the same greedy answers, and the adapter changes
-them."""
+them. `mapd export-model` writes the same merge where the user says."""
 import json
 import shutil
 from dataclasses import replace
@@ -9,13 +9,19 @@ from dataclasses import replace
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from mapd.batch.config import RunConfig
 from mapd.batch.eval import Eval, results_table
 from mapd.batch.exam import Exam
+from mapd.batch.prompts import load_prompt
+from mapd.batch.tasks import get_task
+from mapd.cli import main
+from mapd.local_teachers.engine import Request
 from mapd.local_teachers.fingerprint import file_sha256
-from mapd.local_teachers.pool import EnginePool
+from mapd.local_teachers.pool import EnginePool, load_engine
+from mapd.local_teachers.registry import Sampling, load_spec
 from mapd.training.merge import merge_adapter
 
 from fakes import ScriptedEngine, ScriptedPool
@@ -61,6 +67,15 @@ def _on_gpus(spec_file, folder):
     path = folder / f"gpu-{spec_file.name}"
     path.write_text(yaml.safe_dump({**raw, "gpus": 1}))
     return path
+
+
+def _trained(cfg, adapter):
+    """A run whose training is done: its config saved, ``adapter`` as its adapter, with a card."""
+    cfg.save()
+    trained = cfg.run_dir / "train" / "adapter"
+    shutil.copytree(adapter, trained)
+    (trained / "card.json").write_text("{}")
+    return cfg.run_dir
 
 
 def test_eval_identity_follows_the_adapter_and_how_it_is_applied(tmp_path, tiny_spec_file, tiny_adapter):
@@ -120,6 +135,31 @@ def test_the_merged_model_is_made_when_first_loaded_and_kept_for_the_same_adapte
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]   # no temporary left
 
 
+def test_export_model_refuses_in_one_line_then_writes_the_merged_student(tmp_path, tiny_spec_file, tiny_adapter):
+    cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, student=str(tiny_spec_file))
+    cfg.save()
+    out = tmp_path / "export"
+    export = ["export-model", "--run-dir", str(cfg.run_dir), "--out", str(out)]
+    untrained = CliRunner().invoke(main, export)
+    assert untrained.exit_code == 1 and "no trained adapter yet; run `mapd train" in untrained.output
+    assert len(untrained.output.strip().splitlines()) == 1
+    _trained(cfg, tiny_adapter)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    taken = CliRunner().invoke(main, export)
+    assert taken.exit_code == 1 and "exists and is not empty; pass --force" in taken.output
+    assert (out / "notes.txt").is_file()
+    forced = CliRunner().invoke(main, [*export, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    # It answers as the adapter does.
+    spec = load_spec(str(tiny_spec_file))
+    requests = [Request(str(i), (("user", f"What is {i} + {i}?"),), spec.sampling, seed=0) for i in range(3)]
+    exported, peft = load_engine(replace(spec, path=str(out))), load_engine(spec)
+    assert [c.text for c in exported.generate(requests)] == \
+        [c.text for c in peft.generate(requests, adapter=str(tiny_adapter))]
+
+
 @pytest.mark.slow      # the real SmolLM2, vLLM and peft
 def test_merged_and_unmerged_the_adapter_gives_the_same_answers(tmp_path, random_adapter, short_student,
                                                                  vllm_engine, vllm_lora_engine, hf_engine, kept):
@@ -149,3 +189,22 @@ def test_merged_and_unmerged_the_adapter_gives_the_same_answers(tmp_path, random
     assert json.loads((cfg.run_dir / "eval" / "results.json").read_text()) == result
     table = (cfg.run_dir / "eval" / "results.md").read_text()
     assert table.startswith("| task | student | round | base accuracy") and "| svamp | smollm2-135m-instruct | 1 |" in table
+
+
+@pytest.mark.slow      # the real SmolLM2, vLLM and peft
+def test_the_exported_student_answers_as_the_adapter_in_vllm_and_transformers(tmp_path, random_adapter,
+                                                                               short_student, hf_engine, kept):
+    cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=4, student=str(short_student))
+    out = tmp_path / "export"
+    done = CliRunner().invoke(main, ["export-model", "--run-dir", str(_trained(cfg, random_adapter)), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    task = get_task("svamp")
+    prompt = load_prompt("student_answer", task.family)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=64)
+    requests = [Request(q.id, (("user", prompt.render(question=q.text)),), greedy, seed=0)
+                for q in task.load("test")[:4]]
+    expected = [c.text for c in hf_engine.generate(requests, adapter=str(random_adapter))]
+    spec = replace(load_spec(str(short_student)), path=str(out))
+    for backend in ("vllm", "transformers"):
+        kept.append(load_engine(spec.with_engine(backend)))
+        assert [c.text for c in kept[-1].generate(requests)] == expected, backend
