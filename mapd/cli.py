@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mapd.batch.commands import COMMANDS as RUN_COMMANDS
+from mapd.batch.interop.commands import COMMANDS as INTEROP_COMMANDS
 from mapd.slurm.commands import COMMANDS as SLURM_COMMANDS
 
 
@@ -13,5 +14,5 @@ def main():
     """Mistake-Aware Peer-Review Distillation, offline, on local models."""
 
 
-for command in (*RUN_COMMANDS, *SLURM_COMMANDS):
+for command in (*RUN_COMMANDS, *INTEROP_COMMANDS, *SLURM_COMMANDS):
     main.add_command(command)

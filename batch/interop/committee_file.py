@@ -95,7 +95,8 @@ class _Reader:
             self.fail(field, f"expected a JSON object, got {type(value).__name__}")
         unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
         if unknown:
-            self.fail(f"{field}.{unknown[0]}" if field else unknown[0], f"unknown field; the fields are {', '.join(allowed)}")
+            self.fail(f"{field}.{unknown[0]}" if field else unknown[0],
+                      f"unknown field; the fields are {', '.join(allowed)}")
         return value
 
     def string(self, value, field: str) -> str:
@@ -106,6 +107,8 @@ class _Reader:
     def text(self, value, field: str) -> Text:
         if isinstance(value, str):
             return Text(value)
+        if not isinstance(value, dict):
+            self.fail(field, f"expected a string or an object with 'text', got {type(value).__name__}")
         obj = self.object(value, field, ("text", "finish_reason"))
         text = Text(self.string(self.get(obj, "text", f"{field}."), f"{field}.text"),
                     self.string(obj.get("finish_reason", "stop"), f"{field}.finish_reason"))
