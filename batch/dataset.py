@@ -85,9 +85,9 @@ class Dataset(WholeRunStage):
         return json.loads((self.dir / "stats.json").read_text())
 
     def make(self) -> None:
-        decisions = self.decisions()
+        reviews = self._reviews()
+        decisions = self.decisions(reviews)
         records = self.select(decisions)
-        reviews = pl.concat([r.results() for r in self.reviews]) if self.reviews else None
         stats = committee_stats(self.exam.results(), decisions, reviews, records, self.policy, len(self.teaches))
         identity = self.identity()
         # Stats first: the records' manifest, written last, is what marks the stage done.
@@ -114,13 +114,21 @@ class Dataset(WholeRunStage):
                         f"{dropped} of {stats['mistakes']} mistaken questions dropped (no accepted rationale); "
                         f"{sum(unusable.values())} completions unusable (never reviewed or trained on)"}
 
-    def decisions(self) -> pl.DataFrame:
-        """Every rationale and feedback the committee wrote, with its scores and the decision."""
+    def _reviews(self) -> pl.DataFrame | None:
+        """Every review, read once, without its prompt and text: the bulk of the reviews, not needed here."""
+        if not self.reviews:
+            return None
+        return pl.concat([r.results().select("question_id", "author", "reviewer", "kind", "score", "score_status")
+                          for r in self.reviews])
+
+    def decisions(self, reviews: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Every rationale and feedback the committee wrote, with its scores and the decision
+        (``reviews``: those of ``_reviews``, read here unless given)."""
         gold = self.exam.results().select("question_id", "gold")
         written = (pl.concat([t.results() for t in self.teaches]).join(gold, on="question_id", how="left")
                    .with_columns(unusable=unusable(self.cfg.keep_cut)))
         if self.reviews:
-            reviews = pl.concat([r.results() for r in self.reviews])
+            reviews = self._reviews() if reviews is None else reviews
             scored = (reviews.group_by("question_id", "author", "kind", maintain_order=True)
                       .agg(pl.col("score"), pl.col("score_status"), pl.col("reviewer").alias("reviewers"))
                       .rename({"author": "teacher"}))
