@@ -2,10 +2,13 @@
 instantly, so what is measured is this project's own code (prompt rendering, grading, Parquet
 shards, manifests, joins, decisions, selection), not a model.
 
-    .venv/bin/python bench/bookkeeping_scale.py [--sizes 10000,100000] [--teachers 3] [--shards 4]
+    .venv/bin/python bench/bookkeeping_scale.py [--sizes 10000,100000] [--teachers 5] [--shards 4]
 
 Each size runs in its own process (peak RSS is per process); the table gives wall time per
-stage, peak memory, and how both grow from the smallest size to the largest.
+stage and peak memory, and under it how each grows from the smallest size to the largest
+(linear: as much as the questions). To compare two versions of the code, run this same script
+in a git worktree of the other commit. The teachers are copies of the demo-teacher-a entry
+named demo-teacher-a, -b, ... (the registry holds three): the engine answers every model alike.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import click
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakes import ScriptedEngine, ScriptedPool  # noqa: E402
@@ -34,6 +38,19 @@ def instant_answer(request, adapter):
     return "3 + 4 = 7. The answer is 7." if request.id.startswith("rationale:") else "The answer is 8."
 
 
+def committee(teachers: int, folder: Path) -> tuple[str, ...]:
+    """``teachers`` model entries demo-teacher-a, -b, ...: YAML files in ``folder``."""
+    from mapd.local_teachers.registry import load_spec
+
+    entry = yaml.safe_load(Path(load_spec("demo-teacher-a").source).read_text())
+    paths = []
+    for k in range(teachers):
+        name = f"demo-teacher-{chr(ord('a') + k)}"
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump({**entry, "name": name}))
+        paths.append(str(folder / f"{name}.yaml"))
+    return tuple(paths)
+
+
 def one_size(n: int, teachers: int, shards: int) -> dict:
     from mapd.batch.config import RunConfig
     from mapd.batch.graph import Graph
@@ -44,7 +61,7 @@ def one_size(n: int, teachers: int, shards: int) -> dict:
         for i in range(n):
             f.write(json.dumps({"question": f"Question {i}: what is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"}) + "\n")
     cfg = RunConfig(task="gsm8k", run_dir=work / "run", data=str(data), num_shards=shards,
-                    teachers=tuple(f"demo-teacher-{'abc'[k]}" for k in range(teachers)))
+                    teachers=committee(teachers, work))
     graph = Graph(cfg)
     engine = ScriptedEngine(instant_answer, keep_seen=False)   # peak memory is measured
     pool = ScriptedPool(engine)
@@ -65,7 +82,7 @@ def one_size(n: int, teachers: int, shards: int) -> dict:
 
 @click.command()
 @click.option("--sizes", default="10000,100000", show_default=True)
-@click.option("--teachers", default=3, show_default=True)
+@click.option("--teachers", default=5, show_default=True)
 @click.option("--shards", default=4, show_default=True)
 @click.option("--child", type=int, default=None, hidden=True)
 def main(sizes, teachers, shards, child):
@@ -88,9 +105,10 @@ def main(sizes, teachers, shards, child):
         print(f"{r['n']:>10}{r['generations']:>13}" + "".join(f"{r['times'][s]:>11.1f}" for s in stages)
               + f"{total:>10.1f}{r['peak_mb']:>10.0f}{1e6 * total / r['generations']:>9.1f}")
     first, last = rows[0], rows[-1]
-    scale = last["n"] / first["n"]
-    print(f"growth x{scale:.0f} in questions: time x{sum(last['times'].values()) / sum(first['times'].values()):.1f}, "
-          f"peak memory x{last['peak_mb'] / first['peak_mb']:.1f}")
+    growth = [last["times"][s] / first["times"][s] for s in stages]
+    growth += [sum(last["times"].values()) / sum(first["times"].values()), last["peak_mb"] / first["peak_mb"]]
+    print("growth".rjust(10) + f"x{last['n'] / first['n']:.0f} linear".rjust(13)
+          + "".join(f"x{g:.1f}".rjust(w) for g, w in zip(growth, [11] * len(stages) + [10, 10])))
 
 
 if __name__ == "__main__":
