@@ -150,6 +150,7 @@ bench: $(INSTALLED) $(MODEL_DIR)/config.json
 	$(VENV)/bin/python bench/review_prefix_cache.py --run-dir runs/bench/svamp
 	$(VENV)/bin/python bench/bookkeeping_scale.py --sizes 2000,20000
 	$(VENV)/bin/python bench/train_padding.py --records 64 --steps 3
+	$(VENV)/bin/python bench/train_cpu_path.py --steps 3
 	$(VENV)/bin/python bench/cpu_jobs.py --questions 4 --max-tokens 48
 
 clean-runs:
