@@ -55,7 +55,7 @@ class StudentAnswers(ModelStage):
         super().__init__(cfg, needs, with_lora(spec) if adapter and merged is None else spec, folder, part)
         self.adapter = adapter
         self.merged = None if merged is None else MadeOnLoad.of(
-            spec, str(merged), partial(merge_adapter, spec.path, adapter, merged, spec.dtype))
+            spec, str(merged), adapter, partial(merge_adapter, spec.path, adapter, merged, spec.dtype))
         self.task = get_task(cfg.task)
         self.prompt = load_prompt("student_answer", self.task.family)
 
@@ -93,8 +93,7 @@ class StudentAnswers(ModelStage):
             for q, k in asked
         ]
         rows = []
-        lora = self.adapter if self.merged is None else None
-        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=lora)):
+        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=self.adapter)):
             graded = self.task.grade(c.text, q)
             rows.append({
                 "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,

@@ -15,21 +15,45 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class MadeOnLoad(ModelSpec):
     """A model whose folder (``path``) is written by ``make()`` just before an engine loads it:
-    the student with its adapter merged in. What never loads it (a plan, a scripted engine, a
+    the student with ``adapter`` merged in. What never loads it (a plan, a scripted engine, a
     job whose shards are done) never pays for making it; stages name it by what it is made from
     (the student's identity and the adapter's checksums), known before it exists."""
+    adapter: str = ""
     make: Callable[[], object] = dataclasses.field(default=lambda: None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, spec: ModelSpec, path: str, make: Callable[[], object]) -> "MadeOnLoad":
-        """``spec``'s settings and name, its weights in ``path``, written by ``make``."""
+    def of(cls, spec: ModelSpec, path: str, adapter: str, make: Callable[[], object]) -> "MadeOnLoad":
+        """``spec``'s settings and name, with ``adapter`` merged into its weights in ``path`` by ``make``."""
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}
-        return cls(**{**fields, "path": path}, make=make)
+        return cls(**{**fields, "path": path}, adapter=adapter, make=make)
 
 
-def load_engine(spec: ModelSpec) -> Engine:
+class MergedEngine:
+    """The engine of a ``MadeOnLoad`` model. A stage asks for answers with its adapter however it
+    is applied (so a scripted engine can answer by it); these weights already hold it, so the
+    model answers as it is. Asked for another adapter or none, it refuses."""
+
+    def __init__(self, engine: Engine, adapter: str):
+        self.engine, self.adapter = engine, adapter
+
+    def generate(self, requests, adapter: str | None = None):
+        if adapter != self.adapter:
+            raise ValueError(f"{self.engine.spec.path} holds the adapter {self.adapter} merged in, "
+                             f"not {adapter or 'none'}")
+        return self.engine.generate(requests)
+
+    def __getattr__(self, name):        # spec, usage, close: the engine's
+        return getattr(self.engine, name)
+
+
+def load_engine(spec: ModelSpec) -> Engine | MergedEngine:
     if isinstance(spec, MadeOnLoad):
         spec.make()
+        return MergedEngine(_load(spec), spec.adapter)
+    return _load(spec)
+
+
+def _load(spec: ModelSpec) -> Engine:
     if spec.engine == "vllm":
         from .vllm_engine import VLLMEngine
         return VLLMEngine(spec)

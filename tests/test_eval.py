@@ -118,6 +118,8 @@ def test_the_merged_model_is_made_when_first_loaded_and_kept_for_the_same_adapte
     with EnginePool() as pool:
         figures = Eval(cfg, "distilled", tiny_adapter).run(pool=pool)
         assert pool.loads == 1 and pool.engine.spec.path == str(folder) and figures["shards_run"] == 1
+        with pytest.raises(ValueError, match="holds the adapter .* merged in, not none"):
+            pool.engine.generate([])
     record = json.loads((folder / "merged.json").read_text())
     assert record["adapter_sha256"] == file_sha256(tiny_adapter / "adapter_model.safetensors")
     assert record["dtype"] == "float32"
