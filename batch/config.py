@@ -85,8 +85,16 @@ class RunConfig:
         cfg.validate(source)
         return cfg
 
+    @property
+    def lora_r(self) -> int:
+        """The rank of the run's adapters: train_overrides', else its preset's, else training's default."""
+        from mapd.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
+
+        return {**TRAIN_PRESETS.get(self.train_preset, {}), **self.train_overrides}.get("lora_r", TrainConfig.lora_r)
+
     def validate(self, source: str = "the options") -> None:
         """Values, checked before any work: names the key at fault."""
+        from mapd.local_teachers.vllm_engine import max_lora_rank
         from mapd.training.config import PRESETS as TRAIN_PRESETS, TrainConfig
 
         from .committee import policy_from
@@ -123,6 +131,10 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(TrainConfig)} - {"base_model", "records", "out_dir"}
         check("train_overrides", set(self.train_overrides) <= known,
               f"unknown field(s) {sorted(set(self.train_overrides) - known)}; allowed: {sorted(known)}")
+        if isinstance(self.lora_r, int):
+            # vLLM answers with the adapters (the distilled eval on GPUs, a later round's exam): a rank
+            # it cannot serve is refused now, whatever the engine here, not after training.
+            guarded("train_overrides", lambda: max_lora_rank(self.lora_r))
 
     def save(self) -> Path:
         """Write config.yaml (with its hash) into the run directory; returns its path."""

@@ -13,6 +13,8 @@ import polars as pl
 from mapd.local_teachers.engine import Request
 from mapd.local_teachers.pool import EnginePool, MadeOnLoad
 from mapd.local_teachers.registry import ModelSpec, load_spec
+from mapd.local_teachers.vllm_engine import max_lora_rank
+from mapd.training.config import TrainConfig
 from mapd.training.merge import adapter_checksums, merge_adapter
 
 from .config import RunConfig, request_seed, shard_slice
@@ -20,8 +22,6 @@ from .prompts import load_prompt
 from .shards import atomic_write
 from .stage import ModelStage, Stage
 from .tasks import Verdict, get_task
-
-MAX_LORA_RANK = 64   # the largest adapter rank the vLLM engine accepts; the training default is 64
 
 SCHEMA = {
     "question_id": pl.String,
@@ -52,7 +52,7 @@ class StudentAnswers(ModelStage):
     def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None,
                  adapter: str | None = None, merged: Path | None = None):
         # ``spec`` stays the student's: the model a SLURM job is sized for and checks before it starts.
-        super().__init__(cfg, needs, with_lora(spec) if adapter and merged is None else spec, folder, part)
+        super().__init__(cfg, needs, with_lora(spec, cfg.lora_r) if adapter and merged is None else spec, folder, part)
         self.adapter = adapter
         self.merged = None if merged is None else MadeOnLoad.of(
             spec, str(merged), adapter, partial(merge_adapter, spec.path, adapter, merged, spec.dtype))
@@ -136,9 +136,9 @@ class StudentAnswers(ModelStage):
                 f"hit max tokens {s['hit_max_tokens']}")
 
 
-def with_lora(spec: ModelSpec) -> ModelSpec:
-    """The student's spec with LoRA requests enabled, for answering with an adapter."""
-    return dataclasses.replace(spec, vllm={**spec.vllm, "enable_lora": True, "max_lora_rank": MAX_LORA_RANK})
+def with_lora(spec: ModelSpec, lora_r: int = TrainConfig.lora_r) -> ModelSpec:
+    """The student's spec with LoRA requests enabled, for answering with adapters of rank ``lora_r``."""
+    return dataclasses.replace(spec, vllm={**spec.vllm, "enable_lora": True, "max_lora_rank": max_lora_rank(lora_r)})
 
 
 class _Merged:

@@ -15,6 +15,17 @@ CPU_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_HOST_IP": "127.0.0.1",
 }
+# The max_lora_rank values vLLM accepts (MaxLoRARanks in vllm/config/lora.py, 0.32 and 0.33).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def max_lora_rank(lora_r: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that serves adapters of rank ``lora_r``: a larger
+    one reserves LoRA memory for nothing."""
+    for rank in LORA_RANKS:
+        if rank >= lora_r:
+            return rank
+    raise ValueError(f"lora_r {lora_r} is above {LORA_RANKS[-1]}, the largest LoRA rank vLLM serves")
 
 
 def sampling_params(request: Request):
