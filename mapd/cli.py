@@ -6,6 +6,7 @@ import click
 
 from mapd.batch.commands import COMMANDS as RUN_COMMANDS
 from mapd.batch.interop.commands import COMMANDS as INTEROP_COMMANDS
+from mapd.local_teachers.commands import COMMANDS as MODEL_COMMANDS
 from mapd.slurm.commands import COMMANDS as SLURM_COMMANDS
 
 
@@ -14,5 +15,5 @@ def main():
     """Mistake-Aware Peer-Review Distillation, offline, on local models."""
 
 
-for command in (*RUN_COMMANDS, *INTEROP_COMMANDS, *SLURM_COMMANDS):
+for command in (*RUN_COMMANDS, *INTEROP_COMMANDS, *MODEL_COMMANDS, *SLURM_COMMANDS):
     main.add_command(command)
