@@ -1,6 +1,6 @@
-"""TRAIN as a stage of a run: QLoRA on the dataset's records (training/ does the work), the
-adapter in <run>/train/adapter. mapd.training.train resumes from its last checkpoint and returns
-at once when the adapter of this exact config and records already exists."""
+"""TRAIN as a stage of a run: LoRA (QLoRA on a GPU) on the dataset's records (training/ does the
+work), the adapter in <run>/train/adapter. mapd.training.train resumes from its last checkpoint
+and returns at once when the adapter of this exact config and records already exists."""
 from __future__ import annotations
 
 import json
@@ -98,6 +98,6 @@ class Train(WholeRunStage):
             return None
         if old_sha != file_sha256(cfg.records):
             return "trained on other records"
-        if old_identity != json.loads(json.dumps(cfg.identity())):
+        if not cfg.made(old_identity):       # quantize "auto": an adapter of either base is done
             return "trained with other settings"
         return True

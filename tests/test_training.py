@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mapd.training import PRESETS, TrainConfig, preset, train
+from mapd.training.config import resolve_quantize
 from mapd.training.qlora import make_optimizer
 
 from test_training_data import ROOT, write_records
@@ -59,6 +60,26 @@ def test_pairing_and_weight_decay_are_part_of_the_identity(tiny_cfg):
     assert identity != replace(tiny_cfg, weight_decay=0.01).identity()
 
 
+def test_quantize_auto_is_nf4_on_a_gpu_and_float32_on_a_cpu(tiny_cfg):
+    assert resolve_quantize("auto", "cuda") is True          # QLoRA where memory counts
+    assert resolve_quantize("auto", "cpu") is False          # as fast, lighter, lower loss: train_cpu_path.py
+    for explicit in (True, False):
+        assert resolve_quantize(explicit, "cuda") is resolve_quantize(explicit, "cpu") is explicit
+    assert preset("qlora", base_model="m", records="r", out_dir="o").quantize == "auto"
+    assert tiny_cfg.quantize == "auto"
+    with pytest.raises(ValueError, match="quantize"):
+        TrainConfig(base_model="m", records="r", out_dir="o", quantize="nf4")
+    # the identity holds the base trained on: auto and the bool it resolves to train the same adapter
+    gpu, cpu = tiny_cfg.identity("cuda"), tiny_cfg.identity("cpu")
+    assert (gpu["quantize"], cpu["quantize"]) == (True, False)
+    assert gpu == replace(tiny_cfg, quantize=True).identity("cpu")
+    assert cpu == replace(tiny_cfg, quantize=False).identity("cuda")
+    # "auto" is done by an adapter of either base (a GPU's, checked on a CPU); a bool by its own only
+    assert tiny_cfg.made(gpu) and tiny_cfg.made(cpu)
+    assert replace(tiny_cfg, quantize=True).made(gpu) and not replace(tiny_cfg, quantize=True).made(cpu)
+    assert not tiny_cfg.made(replace(tiny_cfg, alpha=0.7).identity("cpu"))
+
+
 # ---------------------------------------------------------------- real training on the tiny model
 
 RUNNER = """
@@ -97,7 +118,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.fixture(scope="module")
 def tiny_cfg(tiny_model, tmp_path_factory) -> TrainConfig:
     """20 optimizer steps (2 epochs x 10), micro-batches of 2 units with 2 accumulated, dropout
-    on, 4-bit base, cosine schedule, some records truncated; paired (the default): 14 questions
+    on, quantize auto (float32 base on CPU), cosine schedule, some records truncated; paired (the default): 14 questions
     with both kinds (7 batches of pairs), 26 with a rationale only (13 batches of lone records)."""
     root = tmp_path_factory.mktemp("tiny-train")
     records = write_records(root / "records.parquet", 40)
@@ -180,6 +201,7 @@ def test_card_and_log(tiny_cfg, straight_run):
     assert 0.0 <= card["padding_fraction"] < 0.5 and card["tokens_per_second"] > 0 and card["wall_seconds"] > 0
     assert card["versions"]["peft"] and card["versions"]["bitsandbytes"] and card["resumes"] == 0
     assert card["compute_dtype"] == "float32"
+    assert card["quantized"] is False and card["config_identity"]["quantize"] is False   # auto on CPU
     log = [json.loads(x) for x in (straight_run.parent / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 20 and all({"loss_feedback", "loss_rationale", "lr", "grad_norm"} <= r.keys() for r in log)
     assert any(r["loss_feedback"] is not None and r["loss_rationale"] is not None for r in log)
@@ -228,12 +250,32 @@ def test_training_continues_from_a_previous_adapter(tiny_cfg, straight_run, tmp_
     assert cfg.identity()["init_adapter"] == sha
 
 
+class Stop(Exception):
+    pass
+
+
+def _stop_at_step_1(step: int, record: dict) -> None:
+    raise Stop
+
+
+@pytest.mark.slow
+def test_auto_resumes_on_the_base_the_run_started_on(tiny_cfg, tmp_path):
+    """A run started in NF4 (as "auto" on a GPU) and resumed where "auto" means float32 (a CPU)
+    goes on in NF4: a checkpoint's adapter never continues on another base."""
+    cfg = replace(tiny_cfg, out_dir=str(tmp_path / "run"), save_steps=1)
+    with pytest.raises(Stop):
+        train(replace(cfg, quantize=True), on_step=_stop_at_step_1)
+    card = json.loads((train(cfg) / "card.json").read_text())
+    assert card["resumes"] == 1 and card["quantized"] is True and card["config"]["quantize"] == "auto"
+
+
 # ---------------------------------------------------------------- the real student, 4-bit
 
 @pytest.mark.slow
 def test_real_smollm2_steps_in_4bit(smol_spec, tmp_path):
-    """Two optimizer steps on the same two short records with SmolLM2-135M in NF4: the loss is
-    finite and falls, and the adapter moved away from its init (LoRA B starts at zero)."""
+    """Two optimizer steps on the same two short records with SmolLM2-135M in NF4 (the GPU's
+    path, here on CPU): the loss is finite and falls, and the adapter moved away from its init
+    (LoRA B starts at zero)."""
     path = tmp_path / "r.parquet"
     pl.DataFrame({"record_id": ["rationale:t:0", "feedback:t:0"], "question_id": ["q0", "q0"],
                   "kind": ["rationale", "feedback"],
@@ -241,11 +283,12 @@ def test_real_smollm2_steps_in_4bit(smol_spec, tmp_path):
                   "response": ["3 + 4 = 7. The answer is 7.", "You added one too many: 3 + 4 = 7, not 8."]}
                  ).write_parquet(path)
     cfg = TrainConfig(base_model=smol_spec.path, records=str(path), out_dir=str(tmp_path / "out"), epochs=2,
-                      batch_size=2, max_length=96, lora_r=8, learning_rate=1e-3, warmup_ratio=0.0, max_steps=2)
+                      batch_size=2, max_length=96, lora_r=8, learning_rate=1e-3, warmup_ratio=0.0, max_steps=2,
+                      quantize=True)
     adapter = train(cfg)
     log = [json.loads(x) for x in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
     assert log[1]["loss"] < log[0]["loss"]
     weights = load_file(adapter / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
-    assert json.loads((adapter / "card.json").read_text())["config"]["quantize"] is True
+    assert json.loads((adapter / "card.json").read_text())["quantized"] is True

@@ -19,6 +19,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,7 @@ from transformers import AutoTokenizer
 from mapd.local_teachers.threads import fit_threads
 
 from . import checkpoint
-from .config import TrainConfig, TrainingStopped, file_sha256
+from .config import TrainConfig, TrainingStopped, file_sha256, resolve_quantize
 from .data import KINDS, collate, encode_records, load_records, pair_units, plan_batches
 from .loss import combined_loss
 from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device
@@ -91,18 +92,22 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     if cfg.max_steps is not None:
         horizon = min(horizon, cfg.max_steps)
 
-    model = load_model(cfg, device)
-    optimizer = make_optimizer(model, cfg, device)
-    scheduler = make_scheduler(optimizer, cfg, horizon)
-    identity = cfg.identity()
-    state = {"step": 0, "epoch": 0, "position": 0, "order": None, "identity": identity, "records_sha256": sha,
-             "counters": {"tokens": 0, "slots": 0, "train_seconds": 0.0, "resumes": 0}, "last": None}
+    quantize = resolve_quantize(cfg.quantize, device.type)
     resumed_from = checkpoint.latest(ckpt_root)
     if resumed_from is not None:
         saved = checkpoint.read_state(resumed_from)
-        if saved["identity"] != identity or saved["records_sha256"] != sha:
+        if not cfg.made(saved["identity"]) or saved["records_sha256"] != sha:
             raise ValueError(f"{resumed_from} is a checkpoint of a different run (config or records differ); "
                              f"use another out_dir or delete {ckpt_root}")
+        quantize = saved["identity"]["quantize"]     # "auto" resumes on the base the run started on
+    resolved = replace(cfg, quantize=quantize)
+    model = load_model(resolved, device)
+    optimizer = make_optimizer(model, cfg, device)
+    scheduler = make_scheduler(optimizer, cfg, horizon)
+    state = {"step": 0, "epoch": 0, "position": 0, "order": None, "identity": resolved.identity(),
+             "records_sha256": sha, "counters": {"tokens": 0, "slots": 0, "train_seconds": 0.0, "resumes": 0},
+             "last": None}
+    if resumed_from is not None:
         state = checkpoint.restore(resumed_from, model, optimizer, scheduler)
         state["counters"]["resumes"] += 1
         log.info("train: resumed from %s (step %d)", resumed_from, state["step"])
@@ -209,7 +214,7 @@ def _finished(adapter_dir: Path, cfg: TrainConfig, sha: str) -> bool:
     if not card_path.is_file():
         return False
     card = json.loads(card_path.read_text())
-    if card.get("config_identity") != cfg.identity() or card["dataset"]["sha256"] != sha:
+    if not cfg.made(card.get("config_identity")) or card["dataset"]["sha256"] != sha:
         raise ValueError(f"{adapter_dir} holds an adapter trained with another config or records; "
                          "use another out_dir or delete it")
     return True
@@ -240,7 +245,8 @@ def _card(cfg, sha, counts, state, log_path, steps_per_epoch, horizon, device, t
         "base_model": str(Path(cfg.base_model).resolve()),
         "dataset": {"path": str(Path(cfg.records).resolve()), "sha256": sha},
         "config": cfg.to_dict(),
-        "config_identity": cfg.identity(),
+        "config_identity": state["identity"],
+        "quantized": state["identity"]["quantize"],     # the base it trained on: "auto" resolved
         "counts": counts,
         "steps": state["step"], "steps_per_epoch": steps_per_epoch, "horizon": horizon,
         "final_losses": {"loss": last.get("loss"), "feedback": last.get("loss_feedback"),

@@ -4,7 +4,8 @@ The base model is loaded in 4-bit NF4 with double quantization (bitsandbytes), p
 training with gradient checkpointing, and gets LoRA adapters on all its linear layers (peft). On
 a GPU the compute dtype is bfloat16 and the optimizer bitsandbytes' paged AdamW (32-bit states);
 on a CPU the compute dtype is float32 (CPUs without bf16 instructions emulate it slowly) and the
-optimizer torch's AdamW. `quantize=False` loads the base in full precision instead, to compare.
+optimizer torch's AdamW. `quantize=False` loads the base in full precision instead; "auto" (the
+default) is NF4 on a GPU and full precision on a CPU (config.resolve_quantize).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from .config import TrainConfig
+from .config import TrainConfig, resolve_quantize
 
 
 def pick_device() -> torch.device:
@@ -34,7 +35,7 @@ def load_model(cfg: TrainConfig, device: torch.device):
     dtype = compute_dtype(device)
     device_map = {"": device.index} if device.type == "cuda" else "cpu"
     path = str(Path(cfg.base_model).resolve())
-    if cfg.quantize:
+    if resolve_quantize(cfg.quantize, device.type):
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype,
