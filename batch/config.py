@@ -31,13 +31,13 @@ class ConfigError(ValueError):
 class RunConfig:
     task: str
     run_dir: Path                       # where config.yaml lies; not saved in it
-    student: str = DEFAULT_STUDENT      # registry name or YAML path
+    student: str = DEFAULT_STUDENT      # registry name, YAML path, model folder or cached hub repo id
     engine: str | None = None           # overrides every model's registry engine (vllm | transformers)
     data: str | None = None             # None: bundled original files; else a folder, file or hub id
     limit: int | None = None            # first N questions of each split
     seed: int = PAPER_SEED
     num_shards: int = 1
-    teachers: tuple[str, ...] = DEMO_COMMITTEE   # registry names or YAML paths
+    teachers: tuple[str, ...] = DEMO_COMMITTEE   # as student, one per teacher
     policy: str = "default"             # acceptance preset (mapd.batch.committee.PRESETS)
     policy_overrides: dict = field(default_factory=dict)   # Policy fields over the preset
     selection: str = "paper"            # paper: one rationale + one feedback per question; all
