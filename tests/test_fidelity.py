@@ -137,7 +137,9 @@ def test_the_report_names_every_difference_from_the_papers_run(tmp_path):
     lines = dict(paper_differences(Graph(cfg)))
     assert list(lines) == ["split", "decoding", "fine-tuning", "teachers", "student", "committee"]
     assert "Eval.txt" in lines["split"] and lines["decoding"].startswith("greedy")
-    assert "LoRA r=64 on a 4-bit NF4 base" in lines["fine-tuning"] and "lr 1e-5" in lines["fine-tuning"]
+    assert "LoRA r=64 on a full-precision base" in lines["fine-tuning"] and "lr 1e-5" in lines["fine-tuning"]  # on a CPU
+    qlora = dict(paper_differences(Graph(replace(cfg, train_overrides={"quantize": True}))))
+    assert "LoRA r=64 on a 4-bit NF4 base (QLoRA)" in qlora["fine-tuning"]
     assert "Mixtral-8x7B-Instruct" in lines["teachers"] and "Llama2-7B-chat" in lines["student"]
     paper = dict(paper_differences(Graph(replace(cfg, policy="paper", eval_sampling="paper"))))
     assert paper["committee"].endswith("as the paper's") and paper["decoding"].startswith("sampled as the authors")
