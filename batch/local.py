@@ -24,18 +24,27 @@ def run_local(graph: Graph, pool: EnginePool | None = None, through: str | None 
     last = max(i for i, s in enumerate(graph.stages) if through is None or s.name == through)
     own = pool is None
     pool = pool or EnginePool()
-    figures = []
+    figures = {}
     try:
-        for stage in graph.stages[:last + 1]:
+        for stage in _engine_order(graph.stages[:last + 1]):
             if stage.frees_engine:
                 pool.close()
-            figures.append(stage.run(pool=pool))
-            done(stage, figures[-1])
+            figures[stage.key] = stage.run(pool=pool)
+            done(stage, figures[stage.key])
     finally:
         if own:
             pool.close()
     log.info("models loaded in this run: %d", pool.loads)
-    return figures
+    return [figures[stage.key] for stage in graph.stages[:last + 1]]
+
+
+def _engine_order(stages: list[Stage]) -> list[Stage]:
+    """The stages in graph order, except that those needing nothing run before the first stage
+    that frees the engine: the base eval answers on the exam's engine, still loaded, instead of
+    loading the student again after training."""
+    free = next((i for i, s in enumerate(stages) if s.frees_engine), len(stages))
+    later = stages[free:]
+    return stages[:free] + [s for s in later if not s.needs] + [s for s in later if s.needs]
 
 
 def rounds(first: Graph, n: int) -> list[Graph]:
