@@ -40,7 +40,8 @@ def hf_engine(smol_spec):
 def tiny_model(smol_spec, tmp_path_factory) -> Path:
     """A random 2-layer Llama (~16 MB) with SmolLM2's tokenizer and chat template: loads in
     about a second, for tests of the bookkeeping around real engines. Head size 64 because
-    vLLM's CPU attention rejects 16."""
+    vLLM's CPU attention rejects 16. Its generation config suppresses the blank tokens: greedy,
+    it would write only line breaks, which the committee drops as empty (nothing to train on)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -52,7 +53,9 @@ def tiny_model(smol_spec, tmp_path_factory) -> Path:
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    model = LlamaForCausalLM(config)
+    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

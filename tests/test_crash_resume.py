@@ -62,8 +62,9 @@ def _distill(run: Path, committee: dict[str, Path]) -> list[str]:
     return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4",
             "--num-shards", "2", "--run-dir", str(run), "--student", str(committee["tiny-llama"]),
             "--teachers", f"{committee['tiny-teacher-a']},{committee['tiny-teacher-b']}",
-            # Every rationale accepted (the tiny model's reviews carry no score): records to train on.
-            "--no-answer-check", "--invalid-as", "4",
+            # Every rationale accepted (the tiny model's reviews carry no score, and it always writes
+            # up to max_tokens): records to train on.
+            "--no-answer-check", "--invalid-as", "4", "--keep-cut",
             # Two epochs of two steps: a checkpoint after each epoch, a resume from it after a kill.
             "--epochs", "2", "--batch-size", "4", "--lora-r", "8", "--max-length", "256"]
 

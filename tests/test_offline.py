@@ -60,7 +60,8 @@ def _distill(run: Path, registry: Path, extra: list[str]) -> list[str]:
     return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "2",
             "--run-dir", str(run), "--student", str(registry / f"{EMBEDDED[0]}.yaml"),
             "--teachers", ",".join(str(registry / f"{t}.yaml") for t in EMBEDDED[1:]),
-            "--policy", "paper", "--invalid-as", "4",
+            # --keep-cut: two questions' worth of records even when the small model writes to max_tokens.
+            "--policy", "paper", "--invalid-as", "4", "--keep-cut",
             "--max-steps", "2", "--batch-size", "2", "--max-length", "256", "--lora-r", "8", *extra]
 
 

@@ -154,7 +154,7 @@ def test_a_complete_run_through_the_cli_renders_in_chromium(through_dataset, reg
     assert (table["base_accuracy"], table["distilled_accuracy"]) == (0.25, 0.75)
     assert "<td>this run</td><td>tiny-llama</td><td>4</td><td>25.0%</td><td>75.0%</td>" in page
     assert "<td>44.71%</td><td>59.50%</td>" in page and "arXiv 2410.03663" in page
-    assert "What differs between the two rows" in page and "<li><b>split</b>: the paper's 700/300" in page
+    assert "What differs between the two rows" in page and "<li><b>split</b>: the paper&#x27;s split: ChilleD/SVAMP" in page
     card = json.loads((graph.one("train").adapter / "card.json").read_text())
     assert f"<td>steps</td><td>{card['steps']}</td>" in page and 'class="missing"' not in page
     assert re.search(r"<td>eval/distilled</td><td>300</td>", page) and "500 tokens/s" in page

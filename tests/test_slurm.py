@@ -28,7 +28,8 @@ MAPD = str(Path(sys.executable).parent / "mapd")
 STAGE_DIRS = ("exam", "teach", "review", "dataset", "eval")
 # Small, quick training; reviews of a random model carry no score, so count those as 4 to
 # give the tiny committee records to train on.
-TRAIN_ARGS = ("--epochs", "1", "--batch-size", "2", "--lora-r", "8")
+# --keep-cut: the tiny random model always writes up to max_tokens; without it nothing is trained on.
+TRAIN_ARGS = ("--epochs", "1", "--batch-size", "2", "--lora-r", "8", "--keep-cut")
 
 
 def _model(folder: Path, base: Path, name: str, **changes) -> str:

@@ -181,7 +181,7 @@ def test_training_stopped_by_the_time_limit_signal_resumes_from_its_checkpoint(e
     run = tmp_path / "run"
     # Training that outlasts a 3-minute limit: many epochs of the tiny model.
     args = [*_run_args(run, str(tiny_spec_file), [str(tiny_spec_file)], shards=1), "--no-answer-check",
-            "--invalid-as", "4", "--epochs", "100000", "--batch-size", "1", "--lora-r", "8"]
+            "--invalid-as", "4", "--keep-cut", "--epochs", "100000", "--batch-size", "1", "--lora-r", "8"]
     _slurm_cli(env, "submit", *args, "--stages", "exam,teach,review,dataset")
     _logs_when_done(run, "dataset")
     assert (run / "dataset" / "records.parquet").is_file()
