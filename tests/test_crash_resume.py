@@ -88,14 +88,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def milestone(rel: Path) -> str | None:
     """The milestone a file of the run directory belongs to; None for logs and temporaries.
-    A checkpoint and the adapter are folders renamed into place at once: one milestone each."""
+    A checkpoint, the adapter and the merged model are folders renamed into place at once: one
+    milestone each."""
     parts = rel.parts
     if parts[0] == "logs" or any(p.startswith(".") for p in parts):
         return None
     if parts[:2] == ("train", "checkpoints") and len(parts) > 2:
         return "/".join(parts[:3])
-    if parts[:2] == ("train", "adapter"):
-        return "train/adapter"
+    if parts[:2] in (("train", "adapter"), ("eval", "merged-model")):
+        return "/".join(parts[:2])
     return "/".join(parts)
 
 
@@ -131,8 +132,8 @@ def intervals(seen: dict[str, int]) -> list[Interval]:
     stages, top = [], -1
     for key in order:
         head = key.split("/")[0]
-        if head in STAGES and STAGES.index(head) >= top:
-            top = STAGES.index(head)
+        if head in STAGES:   # the base eval runs before training: not always in graph order
+            top = max(top, STAGES.index(head))
             stages.append(head)
         else:
             stages.append("startup" if top < 0 else "final")   # config.yaml; summaries after eval
@@ -372,7 +373,7 @@ def test_a_corrupt_shard_is_refused_downstream_never_read_and_redone(tmp_path, m
         run_local(Graph(cfg), ScriptedPool(engine), through="dataset")
     rewritten = set(re.findall(r"rows written to (\S+)", caplog.text))
     assert rewritten == {str(exam1), str(teach0), str(review1)}, rewritten
-    assert f"exam shard 1/2: its Parquet file does not match the checksum" in caplog.text
+    assert "exam shard 1/2: its Parquet file does not match the checksum" in caplog.text
     assert "dataset: to do (its Parquet file does not match the checksum" in caplog.text
     assert pl.read_parquet(records_file).equals(records)
     assert {rel: real_read(run / rel) for rel in done_shards(run)}.keys() == before.keys()
