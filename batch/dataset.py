@@ -14,6 +14,7 @@ reviewers decide, since about a third of such rejections were misreadings of cor
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -102,11 +103,10 @@ class Dataset(WholeRunStage):
     def summary_line(self) -> dict:
         stats = self.stats()
         dropped = stats["mistakes"] - stats["questions_kept"]
-        unusable: dict[str, int] = {}
+        unusable = collections.Counter()   # by reason, over teachers and kinds
         for kinds in stats["unusable"].values():
             for whys in kinds.values():
-                for why, n in whys.items():
-                    unusable[why] = unusable.get(why, 0) + n
+                unusable.update(whys)
         return {"stage": self.key, "rows": sum(stats["records"].values()),
                 "prompt_too_long": unusable.get("prompt too long", 0), "hit_max_tokens": unusable.get("cut at max_tokens", 0),
                 "empty": unusable.get("empty", 0), "parse_failures": 0,
