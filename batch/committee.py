@@ -94,11 +94,13 @@ class Score:
 
 def parse_score(review: str, low: int = LOW, high: int = HIGH) -> Score:
     """The score a review gave, read by the rules in the module docstring."""
-    text = unicodedata.normalize("NFKC", review or "").translate(_BRACKETS)
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    text = review or ""
+    if not text.isascii():      # ASCII is its own NFKC form: most reviews skip the normalisation
+        text = unicodedata.normalize("NFKC", text).translate(_BRACKETS)
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), None)
+    if last is None:
         return Score(None, ScoreStatus.NO_SCORE)
-    for place, last_line in ((lines[-1], True), (text, False)):
+    for place, last_line in ((last, True), (text, False)):
         for pattern in (_LABELLED, _BRACKETED, _FRACTION):
             found = [_score(m[1], m[2], low, high) for m in pattern.finditer(place)]
             if pattern is _FRACTION:   # a fraction out of range is arithmetic, not a score

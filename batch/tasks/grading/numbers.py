@@ -56,16 +56,26 @@ def _to_fraction(m: re.Match) -> Fraction | None:
     if m.group("date"):
         return None
     if m.group("fnum") is not None:
-        sign, parts = m.group("fsign"), (m.group("fnum"), m.group("fden"), "0")
+        sign, num, den, whole = m.group("fsign"), m.group("fnum"), m.group("fden"), None
     else:
-        sign = m.group("sign")
-        parts = (m.group("num"), m.group("den") or "1", m.group("whole") or "0")
-    if max(map(len, parts)) > _MAX_DIGITS:
+        sign, num, den, whole = m.group("sign"), m.group("num"), m.group("den"), m.group("whole")
+    if max(len(part) for part in (num, den, whole) if part) > _MAX_DIGITS:
         return None
-    num, den, whole = (Fraction(Decimal(part.replace(",", ""))) for part in parts)
-    if den == 0:
-        return None
-    return -(whole + num / den) if sign else whole + num / den
+    value = _exact(num)
+    if den is not None:
+        divisor = _exact(den)
+        if divisor == 0:
+            return None
+        value /= divisor
+    if whole is not None:
+        value += _exact(whole)
+    return -value if sign else value
+
+
+def _exact(part: str) -> Fraction:
+    digits = part.replace(",", "")
+    # A whole number (the usual answer) skips Decimal, which costs several times more.
+    return Fraction(int(digits)) if digits.isdecimal() else Fraction(Decimal(digits))
 
 
 def _numbers(text: str, pos: int = 0) -> Iterator[tuple[Fraction, int]]:
