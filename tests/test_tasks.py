@@ -261,7 +261,7 @@ def test_datasets_row_with_bad_options(tmp_path):
                                 "correct_option": 0}) + "\n")
     with pytest.raises(DataError,
                        match=r"logiqa\.jsonl: row 1: field 'options': expected a list of 4"):
-        TASKS["logiqa"].load("test", source=path)
+        TASKS["logiqa"].load("test", source=path, shared=False)
 
 
 def _logiqa_record(gold: str = "b") -> list[str]:
@@ -309,12 +309,14 @@ def test_missing_original_file_is_a_data_error(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------- offline datasets route
+# A file given for one split alone (shared=False, as --train-data/--test-data); files holding
+# both splits are in test_data_splits.py.
 
 def test_datasets_route_jsonl(tmp_path):
     path = tmp_path / "gsm_test.jsonl"
     path.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"...\n#### {i}"}) + "\n"
                             for i in range(3)))
-    rows = TASKS["gsm8k"].load("test", source=str(path))
+    rows = TASKS["gsm8k"].load("test", source=str(path), shared=False)
     assert [(q.id, q.gold) for q in rows] == [("gsm8k-test-0", "0"), ("gsm8k-test-1", "1"),
                                              ("gsm8k-test-2", "2")]
 
@@ -324,7 +326,7 @@ def test_datasets_route_schemas(tmp_path):
     logiqa.write_text(json.dumps([{"context": "All cats purr.", "query": "Which follows?",
                                    "options": ["Dogs purr", "Tom purrs", "No cat purrs", "None"],
                                    "correct_option": 1}]))
-    (q,) = TASKS["logiqa"].load("train", source=logiqa)
+    (q,) = TASKS["logiqa"].load("train", source=logiqa, shared=False)
     assert (q.id, q.gold, q.options[1]) == ("logiqa-train-0", "B", "Tom purrs")
     assert q.text.endswith("\nA. Dogs purr\nB. Tom purrs\nC. No cat purrs\nD. None")
 
@@ -332,12 +334,12 @@ def test_datasets_route_schemas(tmp_path):
     svamp.write_text(json.dumps({"ID": "chal-9", "Body": "Tom has 3 apples",
                                  "Question": "How many?", "Equation": "( 3.0 )",
                                  "Answer": 3.0}) + "\n")
-    (q,) = TASKS["svamp"].load("test", source=svamp)
+    (q,) = TASKS["svamp"].load("test", source=svamp, shared=False)
     assert (q.id, q.text, q.gold) == ("chal-9", "Tom has 3 apples How many?", "3")
 
     sqa = tmp_path / "sqa.jsonl"
     sqa.write_text(json.dumps({"question": "Is water wet?", "answer": False}) + "\n")
-    (q,) = TASKS["strategyqa"].load("test", source=sqa)
+    (q,) = TASKS["strategyqa"].load("test", source=sqa, shared=False)
     assert (q.id, q.gold) == ("strategyqa-test-0", "no")
 
 
@@ -346,7 +348,7 @@ def test_datasets_route_row_error(tmp_path):
     path.write_text(json.dumps({"question": "Q?", "answer": "#### 1"}) + "\n"
                     + json.dumps({"question": "Q?", "answer": None}) + "\n")
     with pytest.raises(DataError, match=r"bad\.jsonl: row 2: field 'answer': missing"):
-        TASKS["gsm8k"].load("train", source=path)
+        TASKS["gsm8k"].load("train", source=path, shared=False)
 
 
 def test_datasets_route_is_offline(tmp_path):

@@ -2,7 +2,7 @@
 their answer graders. `get_task(name)` is the entry point."""
 from __future__ import annotations
 
-from .base import DataError, Graded, MissingFileError, Question, Task, Verdict
+from .base import DataError, Graded, MissingFileError, Question, Task, Verdict, shared_questions
 from .gsm8k import GSM8K
 from .logiqa import LogiQA
 from .strategyqa import StrategyQA
@@ -19,4 +19,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["TASKS", "get_task", "Task", "Question", "Graded", "Verdict",
-           "DataError", "MissingFileError"]
+           "DataError", "MissingFileError", "shared_questions"]

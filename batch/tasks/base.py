@@ -5,11 +5,13 @@ A task reads either its bundled original files (batch/data/<task>/), a
 directory holding fresher copies of those same files, or, through the
 `datasets` library and strictly offline, a Hugging Face dataset id or a local
 data file. All three routes end in the task's single row -> Question converter.
+A single file given for both splits says which split each row is (a `split` field).
 """
 from __future__ import annotations
 
 import json
 import os
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,10 +141,12 @@ def _import_datasets():
     return datasets
 
 
-def dataset_rows(source: str | os.PathLike, split: str,
-                 default_configs: Mapping[str, str] | None = None) -> Iterable[Mapping]:
-    """Rows of `split` from a local data file, a local dataset directory, or a
-    cached Hugging Face dataset id ("owner/name" or "owner/name:config")."""
+def dataset_rows(source: str | os.PathLike, split: str, default_configs: Mapping[str, str] | None = None,
+                 shared: bool = True) -> list[tuple[int, Mapping]]:
+    """(0-based index, row) of `split` from a local data file, a local dataset directory, or a
+    Hugging Face dataset id ("owner/name" or "owner/name:config") in the local hub cache or in
+    `datasets`' own cache. `shared`: the source holds both splits, so a single file must say
+    which split each row is."""
     datasets = _import_datasets()
     text = os.fspath(source)
     path = Path(text).expanduser()
@@ -150,20 +154,73 @@ def dataset_rows(source: str | os.PathLike, split: str,
     if builder:
         if not path.is_file():
             raise MissingFileError(f"{path}: no such file", file=str(path))
-        # A single file *is* the requested split, whatever datasets would call it.
-        args, kwargs = (builder,), {"data_files": {split: str(path)}}
-    elif path.is_dir():
-        args, kwargs = (str(path),), {}
+        # The whole file, as datasets' one split; its rows' own split marks choose from it.
+        rows = _load(datasets, text, "train", builder, data_files={"train": str(path)})
+        return marked_rows(rows, split, text, shared)
+    if path.is_dir():
+        rows = _load(datasets, text, split, str(path))
     elif text.startswith(("/", ".", "~")):
         raise MissingFileError(f"{text}: no such file or directory", file=text)
     else:
         name, _, config = text.partition(":")
-        args, kwargs = (name, config or (default_configs or {}).get(name)), {}
+        rows = _load(datasets, text, split, _hub_snapshot(name) or name,
+                     config or (default_configs or {}).get(name))
+    return list(enumerate(rows))
+
+
+def _load(datasets, label: str, split: str, *args, **kwargs):
     try:
         return datasets.load_dataset(*args, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types; all mean "not usable offline"
-        raise DataError(f"{text}: could not load split {split!r} offline "
-                        f"({type(exc).__name__}: {exc})", file=text) from exc
+        raise DataError(f"{label}: could not load split {split!r} offline "
+                        f"({type(exc).__name__}: {exc})", file=label) from exc
+
+
+def _hub_snapshot(repo_id: str) -> str | None:
+    """The folder of a dataset repo downloaded into the hub cache (huggingface-cli download
+    --repo-type dataset), if there is one; else None, and datasets' own cache is tried."""
+    from huggingface_hub import snapshot_download
+
+    from mapd.local_teachers.registry import hub_cache
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", cache_dir=hub_cache(), local_files_only=True)
+    except Exception:  # not in the hub cache, or not a valid repo id: datasets' cache decides
+        return None
+
+
+def marked_rows(rows, split: str, file: str, shared: bool) -> list[tuple[int, Mapping]]:
+    """The rows of one data file that belong to `split`: those whose `split` field names it, or,
+    in a file given for this split alone (`shared` false) without that field, all of them.
+    Indexes stay the file's, so ids and errors point at the row in the file."""
+    if "split" not in rows.column_names:
+        if shared:
+            raise data_error(file, "no row has a 'split' field, so the file cannot be both the train and "
+                                   "the test split: add 'split': 'train' or 'test' to each row, or give "
+                                   "each split its own file with --train-data and --test-data")
+        return list(enumerate(rows))
+    marks = rows["split"]
+    for index, mark in enumerate(marks):
+        if mark not in SPLITS:
+            raise data_error(file, f"expected one of {', '.join(SPLITS)}, got {mark!r}", index + 1, "split")
+    chosen = [(index, row) for index, (mark, row) in enumerate(zip(marks, rows)) if mark == split]
+    if not chosen:
+        raise data_error(file, f"no row has 'split': {split!r}", field="split")
+    return chosen
+
+
+# ------------------------------------------------------------------ leak check
+
+def normalised(text: str) -> str:
+    """Question text as the leak check compares it: casefolded, whitespace collapsed,
+    punctuation at either end stripped."""
+    return " ".join(text.casefold().split()).strip(string.punctuation + " ")
+
+
+def shared_questions(test: list[Question], train: list[Question]) -> list[Question]:
+    """The questions of `test` whose normalised text is also a question of `train`."""
+    seen = {normalised(q.text) for q in train}
+    return [q for q in test if normalised(q.text) in seen]
 
 
 # ----------------------------------------------------------------------- Task
@@ -176,7 +233,10 @@ class Task:
     note: str = ""
     hf_configs: Mapping[str, str] = {}  # dataset id -> config used when none is given
 
-    def load(self, split: str, source: str | os.PathLike | None = None) -> list[Question]:
+    def load(self, split: str, source: str | os.PathLike | None = None, shared: bool = True) -> list[Question]:
+        """The questions of `split`: from the bundled originals, or from `source`, a folder of
+        original files or what `dataset_rows` reads. `shared` (as --data): `source` holds both
+        splits; otherwise (--train-data, --test-data) it is given for this split alone."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if source is None:
@@ -185,8 +245,12 @@ class Task:
         if path.is_dir() and (path / self.original_name(split)).is_file():
             return self.read_originals(path, split)
         label = os.fspath(source)
-        rows = dataset_rows(source, split, self.hf_configs)
-        return [self.from_row(row, i, label, split) for i, row in enumerate(rows)]
+        return [self.from_row(row, i, label, split)
+                for i, row in dataset_rows(source, split, self.hf_configs, shared)]
+
+    def source_label(self, split: str, source: str | os.PathLike | None) -> str:
+        """Where `split` is read from, as messages name it."""
+        return os.fspath(source) if source is not None else str(DATA_DIR / self.name / self.original_name(split))
 
     def grade(self, completion: str, question: Question) -> Graded:
         if self.family == "math":

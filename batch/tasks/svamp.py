@@ -7,7 +7,8 @@ copy ChilleD/SVAMP, and so does this project. split.json next to the data holds
 that split's IDs (train and test, each in ChilleD's row order), copied from a
 public dump of ChilleD/SVAMP (provenance in batch/data/svamp/SOURCE.txt), so the
 bundled route reads the same IDs in the same order as the datasets route, which
-loads ChilleD/SVAMP from a local cache and uses its splits as they are.
+loads ChilleD/SVAMP from a local cache and uses its splits as they are (its Answer a
+float, or the same number as text).
 """
 from __future__ import annotations
 
@@ -55,8 +56,15 @@ class SVAMP(Task):
         qid = get_field(row, "ID", str, file, rownum)
         body = get_field(row, "Body", str, file, rownum)
         question = get_field(row, "Question", str, file, rownum)
-        answer = get_field(row, "Answer", float, file, rownum)
+        raw = row.get("Answer")
+        if isinstance(raw, str):  # a float in SVAMP.json and ChilleD/SVAMP; CSV and some exports write "51.0"
+            try:
+                answer = Fraction(raw.strip())
+            except ValueError:
+                raise data_error(file, f"expected a number, got {raw!r}", rownum, "Answer") from None
+        else:
+            answer = Fraction(str(get_field(row, "Answer", float, file, rownum)))
         # Many Bodies are clause fragments without a final period: join with a space.
         text = f"{body.strip()} {question.strip()}"
-        return Question(id=qid, text=text, gold=canonical_number(Fraction(str(answer))))
+        return Question(id=qid, text=text, gold=canonical_number(answer))
 
