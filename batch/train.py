@@ -37,6 +37,7 @@ class Train(WholeRunStage):
 
         return preset(self.cfg.train_preset, base_model=self.spec.path, records=str(self.dataset.records_path),
                       out_dir=str(self.dir), init_adapter=self.cfg.init_adapter,
+                      chat_template_kwargs=self.spec.chat_template_kwargs or None,
                       **{"seed": self.cfg.seed, **self.cfg.train_overrides})
 
     def outputs(self, shard: int = 0) -> list[Path]:

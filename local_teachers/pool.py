@@ -92,6 +92,9 @@ class EnginePool:
 
 
 def _weights_key(spec: ModelSpec) -> tuple:
-    """What a loaded engine depends on; sampling settings travel with each request instead."""
+    """What a loaded engine depends on; sampling settings travel with each request instead. The
+    engine renders prompts and splits off the thinking by its entry's settings: entries that differ
+    in those load their own."""
     return (spec.path, spec.engine, spec.dtype, spec.gpus, spec.max_model_len,
-            spec.gpu_memory_utilization, spec.trust_remote_code, sorted(spec.vllm.items()))
+            spec.gpu_memory_utilization, spec.trust_remote_code, sorted(spec.vllm.items()),
+            spec.reasoning, sorted(spec.chat_template_kwargs.items()))

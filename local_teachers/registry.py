@@ -34,6 +34,12 @@ DTYPES = ("bfloat16", "float16", "float32")     # the names both engines take
 # An entry made from a folder uses the model's context up to this: the longest prompts (a review:
 # question, rationale, feedback) and 512 new tokens fit well within it, and more only costs KV cache.
 MAX_CONTEXT = 8192
+# New tokens of a folder-made entry of a reasoning model (at most half its context): its thinking
+# alone runs to thousands of tokens, and one cut inside it gives nothing to use.
+REASONING_MAX_TOKENS = 4096
+# What marks a chat template of a reasoning model: Qwen3's and QwQ's name the <think> block (and
+# Qwen3's its enable_thinking switch); DeepSeek-R1's distillations open the block in the prompt.
+THINKING_TEMPLATE = re.compile(r"<think>|enable_thinking")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 REPO_ID = r"[\w.-]+(/[\w.-]+)?"     # a Hugging Face repo id: ORG/NAME, or NAME
 
@@ -80,6 +86,8 @@ class ModelSpec:
     trust_remote_code: bool = False
     sampling: Sampling = Sampling()
     vllm: dict = field(default_factory=dict)   # extra vllm.LLM(...) arguments
+    reasoning: bool | None = None       # answers with a <think>...</think> block first; None: told by its chat template
+    chat_template_kwargs: dict = field(default_factory=dict)   # its chat template's variables (enable_thinking)
     slurm: dict = field(default_factory=dict)  # sbatch resources (cpus, mem, time, partition, extra); see slurm/README.md
     source: str = ""                    # the file this came from: its YAML, or a folder's config.json
 
@@ -96,12 +104,26 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         for key in ("path", "source", "slurm"):   # where it lies and runs does not change what it generates
             d.pop(key)
+        # Added later: they count only when they change the completions, so other entries keep their identity.
+        d.pop("reasoning")
+        if self.thinks:
+            d["reasoning"] = True
+        if not self.chat_template_kwargs:
+            d.pop("chat_template_kwargs")
         # gpus (tensor-parallel size) and gpu_memory_utilization (the KV cache, hence the batches)
         # stay: they change how sums are split and ordered, so logits differ in the last bits
         # and sampled texts can diverge.
         d["sampling"] = self.sampling.identity()
         d["content"] = model_fingerprint(self.path)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def thinks(self) -> bool:
+        """Whether its completions open with a <think> block: ``reasoning`` where the entry sets it,
+        else whether its chat template is a reasoning model's."""
+        if self.reasoning is not None:
+            return self.reasoning
+        return bool(THINKING_TEMPLATE.search(chat_template(Path(self.path))))
 
     def with_engine(self, engine: str | None) -> "ModelSpec":
         if engine is None:
@@ -130,6 +152,9 @@ FIELDS = {
     "sampling": (dict, _any, "a mapping"),       # checked field by field
     "vllm": (dict, _any, "a mapping of vllm.LLM arguments"),
     "slurm": (dict, _any, "a mapping of sbatch resources"),
+    "reasoning": (bool, _any, "true or false"),
+    "chat_template_kwargs": (dict, lambda v: all(isinstance(k, str) for k in v),
+                             "a mapping of chat template variables (enable_thinking: true)"),
 }
 # The ranges are vLLM's (SamplingParams refuses values outside them).
 SAMPLING_FIELDS = {
@@ -244,7 +269,8 @@ def _hub_snapshot(repo: Path) -> Path | None:
 def folder_spec(folder: Path, name: str | None = None) -> ModelSpec:
     """The entry of a model folder that has none: named after the folder (or ``name``); dtype and
     context length from its config.json, the context capped at MAX_CONTEXT; GPUs by default_gpus;
-    the rest the registry's defaults (the vllm engine, greedy, 512 new tokens)."""
+    the rest the registry's defaults (the vllm engine, greedy, 512 new tokens; a reasoning model,
+REASONING_MAX_TOKENS up to half its context)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder}: no config.json: not a model folder")
@@ -260,7 +286,29 @@ def folder_spec(folder: Path, name: str | None = None) -> ModelSpec:
         raw["dtype"] = dtype
     if isinstance(config.get("max_position_embeddings"), int):
         raw["max_model_len"] = min(config["max_position_embeddings"], MAX_CONTEXT)
-    return _build(raw, str(config_file))
+    spec = _build(raw, str(config_file))
+    if not spec.thinks:
+        return spec
+    max_tokens = min(REASONING_MAX_TOKENS, spec.max_model_len // 2)
+    return dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, max_tokens=max_tokens))
+
+
+def chat_template(folder: Path) -> str:
+    """The chat template(s) a model folder holds, as transformers finds them (chat_template.jinja,
+    chat_template.json, tokenizer_config.json; a list of named templates joined); "" when none."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            template = json.loads((folder / name).read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            continue        # not there or unreadable: the tokenizer's loading says so, with the file
+        if isinstance(template, list):
+            template = "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+        if template:
+            return str(template)
+    return ""
 
 
 @functools.cache

@@ -63,6 +63,7 @@ class TrainConfig:
     save_steps: int | None = None
     max_steps: int | None = None  # stop early (tests, smoke runs); also the schedule's horizon
     init_adapter: str | None = None  # continue training this peft LoRA folder (a previous round's)
+    chat_template_kwargs: dict | None = None  # the student entry's: records render as its prompts do
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -93,6 +94,8 @@ class TrainConfig:
         d = self.to_dict()
         for key in ("out_dir", "save_steps"):
             d.pop(key)
+        if not self.chat_template_kwargs:
+            d.pop("chat_template_kwargs")    # added later: adapters trained before it stay done
         d["quantize"] = resolve_quantize(self.quantize, device_type or local_device_type())
         d["base_model"] = model_fingerprint(self.base_model)   # its content, not where it is mounted
         if self.init_adapter:

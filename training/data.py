@@ -1,10 +1,11 @@
 """Instruction records -> token examples -> padded batches.
 
 A record (the dataset stage's `records.parquet`) is one user turn (`prompt`) and one assistant
-turn (`response`) of a kind, "rationale" or "feedback". It is rendered with the student's chat
-template: the prompt part is the template with the generation prompt, the full text is the prompt
-part + the response + the template's end-of-turn token. Only the response tokens (and the
-end-of-turn token) are learnt; the prompt and the padding are labelled -100.
+turn (`response`) of a kind, "rationale" or "feedback". It is rendered as the student's engine
+renders its prompts (``ChatFormat``: its chat template and chat_template_kwargs, or the plain
+template of a model without one): the prompt part is the template with the generation prompt, the
+full text is the prompt part + the response + the template's end-of-turn token. Only the response
+tokens (and the end-of-turn token) are learnt; the prompt and the padding are labelled -100.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from mapd.local_teachers.engine import ChatFormat
+
 from .config import RecordsError
 
 KINDS = ("feedback", "rationale")   # index 0 = feedback (weight alpha), 1 = rationale (1 - alpha)
 REQUIRED = ("record_id", "question_id", "kind", "prompt", "response")
 IGNORE = -100
 MEGA_BATCH = 50     # length grouping sorts within chunks of MEGA_BATCH * batch_size examples
-_SENTINEL = "\x00MAPD-RESPONSE\x00"
 
 
 def load_records(path: str | Path) -> pl.DataFrame:
@@ -45,24 +47,6 @@ def load_records(path: str | Path) -> pl.DataFrame:
     if nulls:
         raise RecordsError(f"{path}: null values in column(s) {', '.join(nulls)}")
     return df
-
-
-def end_of_turn(tokenizer) -> str:
-    """The text the chat template puts after an assistant message, stripped of whitespace
-    (``<|im_end|>`` for ChatML, ``</s>`` for Llama 2, ``<|eot_id|>`` for Llama 3); the
-    tokenizer's EOS token when the template adds nothing."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
-    tail = text[text.index(_SENTINEL) + len(_SENTINEL):].strip()
-    eot = tail or tokenizer.eos_token
-    if not eot:
-        raise ValueError("the chat template ends assistant turns with nothing and the tokenizer has no EOS token")
-    return eot
-
-
-def prompt_text(tokenizer, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
 
 
 @dataclass
@@ -94,18 +78,13 @@ class Encoded:
 
 
 class Encoder:
-    """Renders and tokenizes records for one tokenizer. The template text already holds its
-    special tokens, so the tokenizer adds none of its own, except a BOS the tokenizer always adds
-    and the template leaves out."""
+    """Renders and tokenizes records for one tokenizer, as the student's engine does its prompts."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.eot = end_of_turn(tokenizer)
-        bos = tokenizer.bos_token
-        adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-        rendered_bos = bos is not None and prompt_text(tokenizer, "a").startswith(bos)
-        self.bos = [tokenizer.bos_token_id] if adds_bos and not rendered_bos else []
+        self.chat = ChatFormat(tokenizer, chat_template_kwargs)
+        self.eot = self.chat.end_of_turn()
 
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -113,7 +92,7 @@ class Encoder:
     def encode(self, record_id: str, question_id: str, kind: str, prompt: str,
                response: str) -> tuple[Example | None, bool]:
         """(example, truncated); example is None when the prompt alone fills max_length."""
-        p = self.bos + self.tokens(prompt_text(self.tokenizer, prompt))
+        p = self.chat.ids(self.chat.render((("user", prompt),)))
         r = self.tokens(response + self.eot)
         room = self.max_length - len(p)
         if room <= 0:
@@ -123,8 +102,8 @@ class Encoder:
         return Example(record_id, question_id, KINDS.index(kind), p + r, [IGNORE] * len(p) + r, truncated), truncated
 
 
-def encode_records(df: pl.DataFrame, tokenizer, max_length: int) -> Encoded:
-    encoder = Encoder(tokenizer, max_length)
+def encode_records(df: pl.DataFrame, tokenizer, max_length: int, chat_template_kwargs: dict | None = None) -> Encoded:
+    encoder = Encoder(tokenizer, max_length, chat_template_kwargs)
     per_kind = {k: int((df["kind"] == k).sum()) for k in KINDS}
     out = Encoded([], per_kind)
     for row in df.iter_rows(named=True):

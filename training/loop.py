@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
-    encoded = encode_records(records, tokenizer, cfg.max_length)
+    encoded = encode_records(records, tokenizer, cfg.max_length, cfg.chat_template_kwargs)
     examples = encoded.examples
     lengths = [len(e) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
