@@ -5,8 +5,8 @@ Records come in two kinds (the training contract, `records.parquet`):
 - rationale: the student's exam prompt -> an accepted rationale;
 - feedback: the exam prompt + the student's wrong answer + the gold hint -> a teacher's feedback.
 Every record keeps its provenance: question id, teacher, scores and reviewers. An unusable
-completion (empty, prompt too long, cut at max_tokens: ``teach.unusable``) is rejected before any
-other rule, so it never becomes a record.
+completion (empty, prompt too long, cut at max_tokens or inside its reasoning: ``teach.unusable``)
+is rejected before any other rule, so it never becomes a record.
 
 A rationale whose wrong final answer the grader only guessed (``how`` = fallback: the last number
 of a text without an answer marker) is "uncheckable": the answer check is skipped for it and the
@@ -108,7 +108,8 @@ class Dataset(WholeRunStage):
             for whys in kinds.values():
                 unusable.update(whys)
         return {"stage": self.key, "rows": sum(stats["records"].values()),
-                "prompt_too_long": unusable.get("prompt too long", 0), "hit_max_tokens": unusable.get("cut at max_tokens", 0),
+                "prompt_too_long": unusable.get("prompt too long", 0),
+                "hit_max_tokens": unusable["cut at max_tokens"] + unusable["cut in reasoning"],
                 "empty": unusable.get("empty", 0), "parse_failures": 0,
                 "note": f"{stats['rationales'] - stats['rationales_accepted']} rationales rejected; "
                         f"{dropped} of {stats['mistakes']} mistaken questions dropped (no accepted rationale); "

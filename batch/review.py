@@ -23,6 +23,7 @@ SCHEMA = {
     "kind": pl.String,              # what was reviewed: "rationale" | "feedback"
     "prompt": pl.String,
     "completion": pl.String,
+    "reasoning": pl.String,         # a reasoning model's thinking before the completion; null for others
     "score": pl.Int8,               # null when the review gave no usable score
     "score_status": pl.String,      # "ok" | "no_score" | "out_of_range"
     "prompt_tokens": pl.Int32,
@@ -92,8 +93,8 @@ class Review(ModelStage):
             score = parse_score(c.text)
             rows.append({
                 "question_id": w["question_id"], "author": w["teacher"], "reviewer": self.spec.name,
-                "kind": w["kind"], "prompt": c.prompt, "completion": c.text, "score": score.value,
-                "score_status": score.status.value, "prompt_tokens": c.prompt_tokens,
+                "kind": w["kind"], "prompt": c.prompt, "completion": c.text, "reasoning": c.reasoning,
+                "score": score.value, "score_status": score.status.value, "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason, "seed": r.seed,
             })
         return rows

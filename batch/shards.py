@@ -141,4 +141,5 @@ def read_stage(stage_dir: Path, num_shards: int, identity: Callable[[int], dict]
             problems.append(f"{path}: {reason}")
     if problems:
         raise StaleShardError("stage output is incomplete or stale:\n  " + "\n  ".join(problems))
-    return pl.concat([pl.read_parquet(shard_path(stage_dir, i, num_shards)) for i in range(num_shards)], how="vertical")
+    return pl.concat([pl.read_parquet(shard_path(stage_dir, i, num_shards)) for i in range(num_shards)],
+                     how="diagonal")   # shards of one stage written before and after a column was added

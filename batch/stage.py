@@ -141,6 +141,12 @@ def _usage(engine) -> dict:
     return {k: getattr(engine.usage, field) if engine else 0 for k, field in FIGURES.items()}
 
 
+def cut_in_reasoning() -> pl.Expr:
+    """A reasoning model's completion cut at max_tokens inside its thinking: no answer at all."""
+    return ((pl.col("finish_reason") == "length") & (pl.col("completion").str.strip_chars() == "")
+            & pl.col("reasoning").is_not_null())
+
+
 class ModelStage(Stage):
     """A stage run by one model over ``cfg.num_shards`` shards. Subclasses set ``schema`` and
     implement ``settings`` (what decides the output besides its inputs) and ``rows``."""
@@ -217,10 +223,15 @@ class ModelStage(Stage):
         reason = self.pending([shard]).get(shard)
         if reason:
             raise StaleShardError(f"{self.path(shard)}: {reason}; run the {self.key} stage first")
-        return pl.read_parquet(self.path(shard))
+        return self._conform(pl.read_parquet(self.path(shard)))
 
     def results(self) -> pl.DataFrame:
-        return read_stage(self.stage_dir, self.num_shards, self.identity)
+        return self._conform(read_stage(self.stage_dir, self.num_shards, self.identity))
+
+    def _conform(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Shards written before a column of the schema existed (``reasoning``) stay done: they
+        read with it null."""
+        return df.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in self.schema.items() if c not in df.columns)
 
     def summary_line(self) -> dict:
         """Counts over the rows. A parse failure is an answer the grader could not read (exam,
@@ -231,10 +242,12 @@ class ModelStage(Stage):
             failures = int((df["score_status"] != "ok").sum())
         else:
             failures = int((df["verdict"] == "unparseable").sum())
+        # Cut inside the thinking: counted as hit max tokens, not as empty, and named in the note.
+        cut = int(df.select(cut_in_reasoning().sum()).item())
         return {
             "stage": self.key, "rows": df.height,
             "prompt_too_long": df.height - generated.height,
             "hit_max_tokens": int((df["finish_reason"] == "length").sum()),
-            "empty": int((generated["completion"].str.strip_chars() == "").sum()),
-            "parse_failures": failures, "note": "",
+            "empty": int((generated["completion"].str.strip_chars() == "").sum()) - cut,
+            "parse_failures": failures, "note": f"{cut} cut inside the reasoning" if cut else "",
         }

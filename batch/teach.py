@@ -5,7 +5,9 @@ own exam prompt). One job = one teacher model, loaded once, for its shard.
 The gold hint (``gold_hint``) is the gold answer, or, by default, the task's worked solution
 where it has one (GSM8K's solution, StrategyQA's facts), as the authors showed it; the reviewers
 see the same hint. A completion that is empty, was never generated (its prompt too long) or was
-cut at max_tokens is unusable: never reviewed, never trained on (``unusable``)."""
+cut at max_tokens (or inside its reasoning) is unusable: never reviewed, never trained on
+(``unusable``). A reasoning teacher's thinking is kept in ``reasoning``; ``completion`` holds
+what follows it, which is all the grader, the reviewers and the records read."""
 from __future__ import annotations
 
 from functools import cached_property
@@ -19,7 +21,7 @@ from mapd.local_teachers.registry import load_spec
 from .config import request_seed
 from .exam import Exam
 from .prompts import load_prompt
-from .stage import ModelStage, Stage
+from .stage import ModelStage, Stage, cut_in_reasoning
 from .tasks import Question, Verdict
 
 SCHEMA = {
@@ -28,6 +30,7 @@ SCHEMA = {
     "kind": pl.String,              # "rationale" | "feedback"
     "prompt": pl.String,
     "completion": pl.String,
+    "reasoning": pl.String,         # a reasoning model's thinking before the completion; null for others
     "answer": pl.String,            # rationales: the answer the task's grader extracted
     "verdict": pl.String,           # rationales: that answer against gold; feedback: null
     "how": pl.String,               # rationales: how the grader read it: marker | fallback | null
@@ -40,8 +43,10 @@ SCHEMA = {
 
 def unusable(keep_cut: bool = False) -> pl.Expr:
     """Why a written completion cannot be reviewed or trained on; null when it can. A cut one
-    (``finish_reason`` length) may stop mid-sentence, before its answer: kept only on request."""
+    (``finish_reason`` length) may stop mid-sentence, before its answer: kept only on request;
+    one cut inside its reasoning has no answer at all: never kept."""
     return (pl.when(pl.col("finish_reason") == "prompt_too_long").then(pl.lit("prompt too long"))
+            .when(cut_in_reasoning()).then(pl.lit("cut in reasoning"))
             .when(pl.col("completion").str.strip_chars() == "").then(pl.lit("empty"))
             .when(pl.lit(not keep_cut) & (pl.col("finish_reason") == "length")).then(pl.lit("cut at max_tokens"))
             .otherwise(pl.lit(None, pl.String)))
@@ -114,7 +119,7 @@ class Teach(ModelStage):
             graded = self.exam.task.grade(c.text, self.questions[qid]) if kind == "rationale" else None
             rows.append({
                 "question_id": qid, "teacher": self.spec.name, "kind": kind, "prompt": c.prompt,
-                "completion": c.text, "answer": graded.answer if graded else None,
+                "completion": c.text, "reasoning": c.reasoning, "answer": graded.answer if graded else None,
                 "verdict": graded.verdict.value if graded else None, "how": graded.how if graded else None,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "finish_reason": c.finish_reason, "seed": r.seed,

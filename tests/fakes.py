@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mapd.local_teachers.engine import Completion, Request, Usage
+from mapd.local_teachers.engine import Completion, Request, Usage, split_reasoning
 
 
 class ScriptedEngine:
     """A model whose completion is ``answer(request, adapter)``, finished for ``finish(text)``
     ("stop" unless told: "length" plays a completion cut at max_tokens). Keeps usage counters as
     a real engine does (a token is a word), every request it saw (unless ``keep_seen`` is False:
-    a benchmark at scale measures memory) and its number of generate calls."""
+    a benchmark at scale measures memory) and its number of generate calls. With ``thinks`` it is
+    a reasoning model: its <think> block is split off each text as the real engines do."""
 
     def __init__(self, answer: Callable[[Request, str | None], str], keep_seen: bool = True,
-                 finish: Callable[[str], str] = lambda text: "stop"):
+                 finish: Callable[[str], str] = lambda text: "stop", thinks: bool = False):
         self.answer = answer
         self.keep_seen = keep_seen
         self.finish = finish
+        self.thinks = thinks
         self.usage = Usage()
         self.seen: list[Request] = []
         self.calls = 0
@@ -35,7 +37,8 @@ class ScriptedEngine:
             self.usage.prompt_tokens += n_prompt
             self.usage.completion_tokens += n_text
             self.usage.seconds += 0.001
-            out.append(Completion(r.id, prompt, text, n_prompt, n_text, self.finish(text)))
+            reasoning, answer = split_reasoning(text) if self.thinks else (None, text)
+            out.append(Completion(r.id, prompt, answer, n_prompt, n_text, self.finish(text), reasoning))
         return out
 
 

@@ -261,7 +261,8 @@ def _check_reviews(reader: _Reader, entries: list[Entry], teachers, reviewed: se
     written = [(i, author, kind, t.text, t.finish_reason) for i, e in enumerate(entries)
                for (author, kind), t in e.written.items() if kind in reviewed]
     frame = pl.DataFrame(written, orient="row", schema={"entry": pl.Int64, "author": pl.String, "kind": pl.String,
-                                                        "completion": pl.String, "finish_reason": pl.String})
+                                                        "completion": pl.String, "finish_reason": pl.String}
+                         ).with_columns(reasoning=pl.lit(None, pl.String))     # an imported text is all answer
     usable: dict[int, list[tuple[str, str]]] = {}
     for i, author, kind in frame.filter(unusable(keep_cut).is_null()).select("entry", "author", "kind").iter_rows():
         usable.setdefault(i, []).append((author, kind))
