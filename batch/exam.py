@@ -29,6 +29,7 @@ SCHEMA = {
     "gold": pl.String,
     "prompt": pl.String,
     "completion": pl.String,
+    "reasoning": pl.String,         # a reasoning model's thinking before the completion; null for others
     "answer": pl.String,
     "verdict": pl.String,
     "prompt_tokens": pl.Int32,
@@ -97,7 +98,8 @@ class StudentAnswers(ModelStage):
             graded = self.task.grade(c.text, q)
             rows.append({
                 "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,
-                "completion": c.text, "answer": graded.answer, "verdict": graded.verdict.value,
+                "completion": c.text, "reasoning": c.reasoning, "answer": graded.answer,
+                "verdict": graded.verdict.value,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "finish_reason": c.finish_reason, "seed": r.seed, "sample": k,
             })

@@ -21,6 +21,7 @@ from .shards import atomic_write
 from .stats import format_stats
 
 EXAMPLES = 3
+REASONING_EXCERPT = 1200                # characters of a reasoning model's thinking shown per example
 SCORES = (1, 2, 3, 4, 5, None)          # None: no usable score (no_score or out_of_range)
 
 PAGE = """<!DOCTYPE html>
@@ -209,6 +210,10 @@ def examples(graph) -> str:
         return _missing("no accepted rationale: the dataset holds no record to show")
     exam = {r["question_id"]: r for r in graph.one("exam").results().iter_rows(named=True)}
     feedback = {r["question_id"]: r for r in records.filter(pl.col("kind") == "feedback").iter_rows(named=True)}
+    # The thinking a reasoning model wrote before each text shown (records hold only the text).
+    shown = set(rationales["question_id"])
+    thought = {(r["teacher"], r["kind"], r["question_id"]): r["reasoning"] for t in graph.named("teach")
+               for r in t.results().filter(pl.col("question_id").is_in(shown)).iter_rows(named=True)}
     parts = []
     for r in rationales.iter_rows(named=True):
         q, fb = exam[r["question_id"]], feedback.get(r["question_id"])
@@ -217,11 +222,28 @@ def examples(graph) -> str:
         parts.append(
             f"<h3>{_esc(r['question_id'])}</h3>"
             f"<p><b>Question</b> (gold: {_esc(q['gold'])})</p><pre>{_esc(q['question'])}</pre>"
-            f"<p><b>Student's answer</b> ({_esc(q['verdict'])})</p><pre>{_esc(q['completion'])}</pre>"
-            + (f"<p><b>Feedback</b> by {_esc(fb['teacher'])}</p><pre>{_esc(fb['response'])}</pre>" if fb else "")
+            f"<p><b>Student's answer</b> ({_esc(q['verdict'])})</p>"
+            f"{_reasoning(q['reasoning'])}<pre>{_esc(q['completion'])}</pre>"
+            + (f"<p><b>Feedback</b> by {_esc(fb['teacher'])}</p>"
+               f"{_reasoning(thought.get((fb['teacher'], 'feedback', fb['question_id'])))}"
+               f"<pre>{_esc(fb['response'])}</pre>" if fb else "")
             + f"<p><b>Accepted rationale</b> by {_esc(r['teacher'])}; scores: {_esc(scores)}; "
-              f"mean {_esc(_number(r['mean_score']))}</p><pre>{_esc(r['response'])}</pre>")
+              f"mean {_esc(_number(r['mean_score']))}</p>"
+              f"{_reasoning(thought.get((r['teacher'], 'rationale', r['question_id'])))}"
+              f"<pre>{_esc(r['response'])}</pre>")
     return "\n".join(parts)
+
+
+def _reasoning(text: str | None) -> str:
+    """A reasoning model's thinking before a text, folded: its start and its end, where it
+    reaches the answer, when it is long; nothing for a model that does not think."""
+    if text is None:
+        return ""
+    half = REASONING_EXCERPT // 2
+    excerpt = text if len(text) <= REASONING_EXCERPT else \
+        f"{text[:half]}\n[... {len(text) - 2 * half:,} characters left out ...]\n{text[-half:]}"
+    return (f"<details><summary>reasoning ({len(text):,} characters, not trained on)</summary>"
+            f"<pre>{_esc(excerpt)}</pre></details>")
 
 
 # ---------------------------------------------------------------- figures
