@@ -21,6 +21,7 @@ ENGINES = ("vllm", "transformers")
 GOLD_HINTS = ("answer", "solution")
 EVAL_SAMPLINGS = ("greedy", "paper")
 CONFIG_FILE = "config.yaml"
+AS_LIMIT = object()   # RunConfig.test_limit left out
 
 
 class ConfigError(ValueError):
@@ -33,8 +34,14 @@ class RunConfig:
     run_dir: Path                       # where config.yaml lies; not saved in it
     student: str = DEFAULT_STUDENT      # registry name, YAML path, model folder or cached hub repo id
     engine: str | None = None           # overrides every model's registry engine (vllm | transformers)
-    data: str | None = None             # None: bundled original files; else a folder, file or hub id
-    limit: int | None = None            # first N questions of each split
+    data: str | None = None             # both splits: None (bundled), a folder, a file marking rows' split, a hub id
+    limit: int | None = None            # first N questions of the train split
+    train_data: str | None = None       # the train split's own source, over data
+    test_data: str | None = None        # the test split's own source, over data
+    # First N of the test split. Left out: limit's N, which cut both splits in a config.yaml saved
+    # before test_limit was (such a run keeps its questions and done stages); a new run from the
+    # command line sets it, None (every question) unless --test-limit is given.
+    test_limit: int | None = AS_LIMIT   # type: ignore[assignment]
     seed: int = PAPER_SEED
     num_shards: int = 1
     teachers: tuple[str, ...] = DEMO_COMMITTEE   # as student, one per teacher
@@ -52,6 +59,8 @@ class RunConfig:
     imported: dict | None = None        # committee outputs read from a file (mapd import): {file, sha256}
 
     def __post_init__(self):
+        if self.test_limit is AS_LIMIT:
+            object.__setattr__(self, "test_limit", self.limit)
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         object.__setattr__(self, "teachers", tuple(self.teachers))
         object.__setattr__(self, "policy_overrides", dict(self.policy_overrides))
@@ -85,6 +94,14 @@ class RunConfig:
         cfg.validate(source)
         return cfg
 
+    def split_source(self, split: str) -> tuple[str | None, bool]:
+        """Where ``split``'s questions come from, and whether that source holds both splits."""
+        own = self.train_data if split == "train" else self.test_data
+        return (own, False) if own is not None else (self.data, True)
+
+    def split_limit(self, split: str) -> int | None:
+        return self.limit if split == "train" else self.test_limit
+
     @property
     def lora_r(self) -> int:
         """The rank of the run's adapters: train_overrides', else its preset's, else training's default."""
@@ -112,7 +129,9 @@ class RunConfig:
 
         guarded("task", lambda: get_task(self.task))
         check("engine", self.engine in (None, *ENGINES), f"{self.engine!r} is not one of {', '.join(ENGINES)}")
-        check("limit", self.limit is None or self.limit >= 1, f"must be at least 1, got {self.limit}")
+        for key in ("limit", "test_limit"):
+            value = getattr(self, key)
+            check(key, value is None or value >= 1, f"must be at least 1, got {value}")
         check("num_shards", self.num_shards >= 1, f"must be at least 1, got {self.num_shards}")
         check("teachers", len(self.teachers) >= 1 and len(set(self.teachers)) == len(self.teachers),
               f"the committee must name one or more distinct teachers, got {list(self.teachers)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import cached_property
 from pathlib import Path
 
 from mapd.local_teachers.registry import load_spec
@@ -14,6 +15,7 @@ from .config import RunConfig
 from .exam import StudentAnswers
 from .shards import atomic_write
 from .stage import Stage
+from .tasks import DataError, shared_questions
 
 VARIANTS = ("base", "distilled")
 PAPER_SAMPLING = (0.3, 0.9)   # the authors' evaluation: temperature, top_p
@@ -53,6 +55,21 @@ class Eval(StudentAnswers):
 
     def settings(self) -> dict:
         return {**super().settings(), "variant": self.variant}
+
+    @cached_property
+    def split_questions(self):
+        """The test split, refused when any of its questions is also one of the train split's."""
+        test = StudentAnswers.split_questions.func(self)
+        train_source, shared = self.cfg.split_source("train")
+        leaked = shared_questions(test, self.task.load("train", train_source, shared))
+        if leaked:
+            where = {split: self.task.source_label(split, self.cfg.split_source(split)[0])
+                     for split in ("train", "test")}
+            raise DataError(f"{self.key}: {len(leaked)} of the {len(test)} test questions ({where['test']}) are also "
+                            f"train questions ({where['train']}), compared by text (case, spacing and end punctuation "
+                            f"aside), e.g. {leaked[0].id}: the student would be tested on what it was trained on; "
+                            "give a test split without them")
+        return test
 
 
 def results_table(base: Eval, distilled: Eval, round_: int = 1) -> dict:

@@ -65,7 +65,8 @@ class StudentAnswers(ModelStage):
         adapter = {"adapter_sha256": None} if self.adapter is None else {
             **adapter_checksums(self.adapter), "adapter_applied": "lora" if self.merged is None else "merged"}
         return {
-            "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.data, "limit": cfg.limit,
+            "stage": self.name, "task": cfg.task, "split": self.split, "data": cfg.split_source(self.split)[0],
+            "limit": cfg.split_limit(self.split),
             "seed": cfg.seed, "num_shards": cfg.num_shards, "model": self.spec.name,
             "model_identity": self.spec.identity(), "prompt_sha256": self.prompt.sha256, **adapter,
             "samples": self.samples,
@@ -81,9 +82,15 @@ class StudentAnswers(ModelStage):
         self.questions
 
     @cached_property
+    def split_questions(self):
+        """Every question of the split, before its limit."""
+        source, shared = self.cfg.split_source(self.split)
+        return self.task.load(self.split, source, shared)
+
+    @cached_property
     def questions(self):
-        questions = self.task.load(self.split, self.cfg.data)
-        return questions[: self.cfg.limit] if self.cfg.limit else questions
+        limit = self.cfg.split_limit(self.split)
+        return self.split_questions[:limit] if limit else self.split_questions
 
     def rows(self, shard: int, engine) -> list[dict]:
         asked = [(q, k) for q in shard_slice(self.questions, shard, self.cfg.num_shards) for k in range(self.samples)]

@@ -22,8 +22,8 @@ from .graph import Graph
 from .shards import StaleShardError
 
 # Options that set a RunConfig field of the same name.
-CONFIG_OPTIONS = ("task", "student", "engine", "data", "limit", "seed", "num_shards", "policy", "selection",
-                  "train_preset", "gold_hint", "eval_sampling", "eval_samples")
+CONFIG_OPTIONS = ("task", "student", "engine", "data", "train_data", "test_data", "limit", "test_limit", "seed",
+                  "num_shards", "policy", "selection", "train_preset", "gold_hint", "eval_sampling", "eval_samples")
 # Options that set a field of RunConfig's policy_overrides / train_overrides, by that field's name.
 POLICY_OPTIONS = ("threshold", "min_reviews", "answer_check", "review_feedback", "invalid_as")
 TRAIN_OPTIONS = ("alpha", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "max_steps", "pairing")
@@ -83,7 +83,8 @@ def resolve(run_dir: Path | None, given: dict, reconfigure: bool) -> RunConfig:
     if not (run_dir / CONFIG_FILE).is_file():
         if task is None:
             raise click.UsageError(f"{run_dir / CONFIG_FILE} does not exist: give --task to start a new run there")
-        cfg = RunConfig.from_dict(given, run_dir)
+        # --limit cuts the train split alone: a new run evaluates on every test question unless told.
+        cfg = RunConfig.from_dict({"test_limit": None, **given}, run_dir)
         return cfg if "num_shards" in given else dataclasses.replace(cfg, num_shards=sized_shards(cfg))
     saved = RunConfig.load(run_dir)
     merged = {**saved.to_dict(), **given}
@@ -118,9 +119,16 @@ def run_options(*, writes: bool):
         @click.option("--teachers", default=None, help="comma-separated committee: registry names, YAML paths, model folders or cached hub repo ids; "
                       f"one = no peer review [{','.join(DEMO_COMMITTEE)}]")
         @click.option("--engine", type=click.Choice(ENGINES), default=None, help="override every model's registry engine")
-        @click.option("--data", default=None, help="task data: a folder of the original files, a data file, "
-                      "or a hub dataset id [default: bundled]")
-        @click.option("--limit", type=click.IntRange(min=1), default=None, help="use the first N questions")
+        @click.option("--data", default=None, help="task data, both splits: a folder of the original files, a data "
+                      "file whose rows each have a 'split' field (train or test), or a dataset id in the local "
+                      "Hugging Face cache [default: bundled]")
+        @click.option("--train-data", default=None, help="the train split's own data (as --data; a file is the "
+                      "split whole) [--data]")
+        @click.option("--test-data", default=None, help="the test split's own data (as --train-data) [--data]")
+        @click.option("--limit", type=click.IntRange(min=1), default=None,
+                      help="the exam takes the first N questions of the train split [all]")
+        @click.option("--test-limit", type=click.IntRange(min=1), default=None,
+                      help="the eval takes the first N questions of the test split [all]")
         @click.option("--seed", type=int, default=None, help=f"[{PAPER_SEED}]")
         @click.option("--num-shards", type=click.IntRange(min=1), default=None,
                       help=f"[a new run: one per {QUESTIONS_PER_SHARD} questions of the bigger split]")

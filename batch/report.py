@@ -163,7 +163,7 @@ def full_size_cost(graph, tokens_per_second: float) -> str:
         return _missing("exam not run yet: the estimate scales the run's measured figures")
     # Every stage reads the questions of one split, the exam's or the eval's.
     split = {s.split: s for s in graph if hasattr(s, "split")}
-    scale = {name: len(s.task.load(name, s.cfg.data)) / len(s.questions) for name, s in split.items()}
+    scale = {name: len(s.split_questions) / len(s.questions) for name, s in split.items()}
     rows, total, left_out = [], 0.0, []
     for stage in graph:
         f = stage.figures()

@@ -59,7 +59,7 @@ def committee(tiny_model, tmp_path_factory) -> dict[str, Path]:
 
 
 def _distill(run: Path, committee: dict[str, Path]) -> list[str]:
-    return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4",
+    return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4", "--test-limit", "4",
             "--num-shards", "2", "--run-dir", str(run), "--student", str(committee["tiny-llama"]),
             "--teachers", f"{committee['tiny-teacher-a']},{committee['tiny-teacher-b']}",
             # Every rationale accepted (the tiny model's reviews carry no score, and it always writes

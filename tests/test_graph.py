@@ -221,11 +221,13 @@ def test_the_project_cites_nothing_outside_itself():
 def test_a_new_run_takes_one_shard_per_500_questions_unless_told(tmp_path):
     from mapd.batch.options import resolve
 
-    # GSM8K: 7,473 train questions; SVAMP: 700; the embedded run: 16.
+    # GSM8K: 7,473 train questions; SVAMP: 700; the embedded run (make distill): 16 and 16 test questions;
+    # --limit 16 alone: the eval's 1,319.
     assert resolve(tmp_path / "a", {"task": "gsm8k"}, False).num_shards == 15
     assert resolve(tmp_path / "b", {"task": "svamp"}, False).num_shards == 2
-    assert resolve(tmp_path / "c", {"task": "gsm8k", "limit": 16}, False).num_shards == 1
+    assert resolve(tmp_path / "c", {"task": "gsm8k", "limit": 16, "test_limit": 16}, False).num_shards == 1
+    assert resolve(tmp_path / "c2", {"task": "gsm8k", "limit": 16}, False).num_shards == 3
     assert resolve(tmp_path / "d", {"task": "gsm8k", "num_shards": 4}, False).num_shards == 4
     # A saved run keeps its own count.
-    resolve(tmp_path / "e", {"task": "gsm8k", "limit": 16}, False).save()
+    resolve(tmp_path / "e", {"task": "gsm8k", "limit": 16, "test_limit": 16}, False).save()
     assert resolve(tmp_path / "e", {}, False).num_shards == 1

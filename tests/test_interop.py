@@ -277,7 +277,7 @@ def test_an_imported_committee_trains_and_evaluates_the_embedded_student(tmp_pat
     student["sampling"]["max_tokens"] = 48
     (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
     run = tmp_path / "run"
-    result = _mapd("import", "--task", "svamp", "--limit", 3, "--run-dir", run, "--student", tmp_path / "student.yaml",
+    result = _mapd("import", "--task", "svamp", "--limit", 3, "--test-limit", 3, "--run-dir", run, "--student", tmp_path / "student.yaml",
                    "--engine", "transformers", "--max-steps", 2, "--lora-r", 4, "--batch-size", 2,
                    "--max-length", 256, committee)
     assert result.exit_code == 0, result.output

@@ -57,7 +57,7 @@ def offline_home(smol_spec, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _distill(run: Path, registry: Path, extra: list[str]) -> list[str]:
-    return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "2",
+    return [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "2", "--test-limit", "2",
             "--run-dir", str(run), "--student", str(registry / f"{EMBEDDED[0]}.yaml"),
             "--teachers", ",".join(str(registry / f"{t}.yaml") for t in EMBEDDED[1:]),
             # --keep-cut: two questions' worth of records even when the small model writes to max_tokens.

@@ -216,7 +216,7 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     teacher = tmp_path / "tiny-teacher.yaml"
     teacher.write_text(tiny_spec_file.read_text().replace("name: tiny-llama", "name: tiny-teacher"))
     run = tmp_path / "run"
-    args = [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4",
+    args = [str(Path(sys.executable).parent / "mapd"), "distill", "--task", "svamp", "--limit", "4", "--test-limit", "4",
             "--run-dir", str(run), "--student", str(tiny_spec_file), "--teachers", str(teacher),
             "--no-answer-check", "--epochs", "1", "--batch-size", "2", "--lora-r", "8",
             "--keep-cut"]   # the tiny random model always writes up to max_tokens

@@ -79,7 +79,7 @@ def _cfg(run_dir, registry):
 
 
 def _cli_args(run_dir, registry):
-    return ["--task", "svamp", "--run-dir", str(run_dir), "--limit", "4", "--num-shards", "2", "--student",
+    return ["--task", "svamp", "--run-dir", str(run_dir), "--limit", "4", "--test-limit", "4", "--num-shards", "2", "--student",
             registry["student"], "--teachers", ",".join(registry["teachers"]), *TRAIN]
 
 

@@ -42,7 +42,7 @@ def _model(folder: Path, base: Path, name: str, **changes) -> str:
 
 def _run_args(run_dir, student, teachers, *extra, limit=4, shards=2):
     return ["--task", "svamp", "--run-dir", str(run_dir), "--student", student, "--teachers", ",".join(teachers),
-            "--limit", str(limit), "--num-shards", str(shards), *extra]
+            "--limit", str(limit), "--test-limit", str(limit), "--num-shards", str(shards), *extra]
 
 
 def _cfg(run_dir, student, teachers, limit=4, shards=2, **kw):
