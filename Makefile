@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 TASK ?= gsm8k
 LIMIT ?= 16
+# The eval's first N test questions (--limit cuts the train split alone): LIMIT's N unless given, so the
+# embedded run stays small and LIMIT= runs whole splits; LIMIT=16 TEST_LIMIT= is a small train, full test.
+TEST_LIMIT ?= $(LIMIT)
 ENGINE ?=
 # NUM_SHARDS= (empty): a new run takes one shard per 500 questions; a saved run keeps its own.
 NUM_SHARDS ?=
@@ -28,10 +31,10 @@ INSTALLED := $(VENV)/.installed-$(DEVICE)
 MAPD := $(VENV)/bin/mapd
 export MAPD_CACHE ?= $(HOME)/.cache/mapd
 MODEL_DIR := $(MAPD_CACHE)/models/smollm2-135m-instruct
-# LIMIT= (empty) uses every question.
+# LIMIT= (empty) uses every train question, TEST_LIMIT= every test question.
 # RECONFIGURE=1 changes settings saved in the run's config.yaml (otherwise a difference is refused).
 RUN_ARGS = --task $(TASK) --run-dir $(RUN_DIR) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS)) --policy $(POLICY) \
-	$(if $(LIMIT),--limit $(LIMIT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT)) \
+	$(if $(LIMIT),--limit $(LIMIT)) $(if $(TEST_LIMIT),--test-limit $(TEST_LIMIT)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT)) \
 	$(if $(TEACHERS),--teachers $(TEACHERS)) $(if $(RECONFIGURE),--reconfigure)
 # plan, status and report read a run's saved config.yaml: RUN_DIR alone names the run.
 SAVED_OR_RUN_ARGS = $(if $(wildcard $(RUN_DIR)/config.yaml),--run-dir $(RUN_DIR),$(RUN_ARGS))
