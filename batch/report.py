@@ -50,7 +50,8 @@ def write_report(graph, tokens_per_second: float) -> Path:
     sections = [
         ("Configuration", _table(["setting", "value"], [
             ["student", cfg.student], ["teachers", ", ".join(cfg.teachers)], ["policy", cfg.policy],
-            ["selection", cfg.selection], ["limit", cfg.limit or "every question"], ["seed", cfg.seed]])),
+            ["selection", cfg.selection], ["limit", cfg.limit or "every question"],
+            ["test limit", cfg.test_limit or "every question"], ["seed", cfg.seed]])),
         ("Accuracy before and after", accuracy(graph)),
         ("The committee's reviews", reviews_section(graph)),
         ("The dataset", dataset_section(graph)),
