@@ -122,8 +122,8 @@ def run_options(*, writes: bool):
         @click.option("--data", default=None, help="task data, both splits: a folder of the original files, a data "
                       "file whose rows each have a 'split' field (train or test), or a dataset id in the local "
                       "Hugging Face cache [default: bundled]")
-        @click.option("--train-data", default=None, help="the train split's own data (as --data; a file is the "
-                      "split whole) [--data]")
+        @click.option("--train-data", default=None, help="the train split's own data (as --data; a file without "
+                      "'split' fields is the split whole) [--data]")
         @click.option("--test-data", default=None, help="the test split's own data (as --train-data) [--data]")
         @click.option("--limit", type=click.IntRange(min=1), default=None,
                       help="the exam takes the first N questions of the train split [all]")
