@@ -34,7 +34,7 @@ def committee_stats(exam: pl.DataFrame, decisions: pl.DataFrame, reviews: pl.Dat
         "passed_review_but_wrong_answer": int(rationales.filter(
             (pl.col("mean_score") > policy.threshold) & (pl.col("verdict") != "correct")).height),
         "rejection_reasons": _reason_counts(rationales),
-        # Never reviewed, never trained on: empty, prompt too long, cut at max_tokens.
+        # Never reviewed, never trained on: empty, prompt too long, cut at max_tokens or inside the reasoning.
         "unusable": _unusable_counts(decisions),
         # Wrong final answers only guessed by the grader: the reviewers decided, not the answer check.
         "answer_uncheckable": _uncheckable_counts(rationales),
