@@ -37,10 +37,10 @@ from fakes import ScriptedEngine, ScriptedPool
 
 
 @pytest.mark.parametrize("text, opened, expected", [
-    ("<think>\nFirst 3 + 4 = 7.\n</think>\n\nThe answer is 7.", False, ("First 3 + 4 = 7.", "The answer is 7.")),
+    ("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", False, ("3 + 4 = 7.", "The answer is 7.")),
     ("  <think>a</think>b", False, ("a", "b")),
     ("<think>\n\n</think>\n\nThe answer is 7.", False, ("", "The answer is 7.")),      # an empty block
-    ("First 3 + 4 = 7.\n</think>\nThe answer is 7.", True, ("First 3 + 4 = 7.", "The answer is 7.")),  # opened by the prompt
+    ("3 + 4 = 7.\n</think>\nThe answer is 7.", True, ("3 + 4 = 7.", "The answer is 7.")),   # opened by the prompt
     ("<think>Let me look at every step of", False, ("Let me look at every step of", "")),   # cut inside it
     ("Let me look at every step of", True, ("Let me look at every step of", "")),
     ("The answer is 7.", False, (None, "The answer is 7.")),                               # no block: all answer
@@ -83,7 +83,8 @@ def _scripts(gold_of):
             gold = gold_of[text.split("Problem: ", 1)[1].strip()]
             return {"a": f"<think>First try: the answer is 123456. Let me check.</think>\n"
                          f"Solved by teacher a. The answer is {gold}.",
-                    "b": "<think>This needs a long look at every step", "c": f"Solved by teacher c. The answer is {gold}."}[name]
+                    "b": "<think>This needs a long look at every step",
+                    "c": f"Solved by teacher c. The answer is {gold}."}[name]
         return answer
 
     return {"smollm2-135m-instruct": ScriptedEngine(student, finish=_cut, thinks=True),
@@ -109,8 +110,9 @@ def test_graders_and_score_parsers_read_the_answer_after_the_thinking(committee)
     assert all(r.startswith("Perhaps the answer is ") for r in exam["reasoning"])
     teach = pl.concat([t.results() for t in committee.named("teach")]).filter(pl.col("kind") == "rationale")
     a = teach.filter(pl.col("teacher") == "demo-teacher-a")
-    assert set(a["verdict"]) == {"correct"} and set(a["reasoning"]) == {"First try: the answer is 123456. Let me check."}
-    assert teach.filter(pl.col("teacher") == "demo-teacher-c")["reasoning"].null_count() == a.height   # c does not think
+    assert set(a["verdict"]) == {"correct"}
+    assert set(a["reasoning"]) == {"First try: the answer is 123456. Let me check."}
+    assert teach.filter(pl.col("teacher") == "demo-teacher-c")["reasoning"].null_count() == a.height   # no thinking
     reviews = pl.concat([r.results() for r in committee.named("review")])
     by_a = reviews.filter(pl.col("reviewer") == "demo-teacher-a")
     assert set(by_a["score"]) == {5} and set(by_a["completion"]) == {"Every step is right. Score: [5]"}
@@ -140,7 +142,7 @@ def test_a_completion_cut_in_its_thinking_is_unusable_and_counted_and_no_record_
     teach_b, review_b = lines["teach/demo-teacher-b"], lines["review/demo-teacher-b"]
     assert (teach_b["hit_max_tokens"], teach_b["empty"], teach_b["note"]) == \
         (mistakes, 0, f"{mistakes} cut inside the reasoning")
-    assert review_b["hit_max_tokens"] == review_b["rows"] and review_b["note"] == f"{review_b['rows']} cut inside the reasoning"
+    assert (review_b["hit_max_tokens"], review_b["note"]) == (review_b["rows"], f"{review_b['rows']} cut inside the reasoning")
     assert lines["dataset"]["hit_max_tokens"] == mistakes          # the unusable ones, counted as truncated
     assert lines["teach/demo-teacher-a"]["note"] == ""
 
@@ -281,8 +283,9 @@ def _entry(folder: Path, tmp_path: Path, **extra) -> Path:
 # A template that opens the thinking in its generation prompt (as DeepSeek-R1's distillations do),
 # unless enable_thinking is false (as Qwen3's closes an empty block).
 OPENING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-           "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
-           "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
+           "{% if add_generation_prompt %}<|im_start|>assistant\n"
+           "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+           "{% else %}<think>\n{% endif %}{% endif %}")
 
 
 @pytest.mark.slow
@@ -291,14 +294,17 @@ def test_the_engine_splits_a_real_completion_by_the_template_and_its_kwargs(smol
     request = [Request("q", (("user", "What is 3 + 4?"),), Sampling(max_tokens=6), seed=0)]
     detected = load_spec(str(_entry(folder, tmp_path)))
     assert detected.reasoning is None and detected.thinks
-    raw = load_engine(dataclasses.replace(detected, reasoning=False)).generate(request)[0]
+    # One pool: the same weights under other rendering settings are another engine.
+    pool = EnginePool()
+    raw = pool.get(dataclasses.replace(detected, reasoning=False)).generate(request)[0]
     assert raw.reasoning is None and raw.text.strip() and "</think>" not in raw.text
-    cut = load_engine(detected).generate(request)[0]
+    cut = pool.get(detected).generate(request)[0]
     assert cut.prompt.endswith("<|im_start|>assistant\n<think>\n") and cut.finish_reason == "length"
     assert (cut.reasoning, cut.text) == (raw.text.strip(), "")       # cut inside the thinking: no answer
-    closed = load_engine(load_spec(str(_entry(folder, tmp_path, chat_template_kwargs={"enable_thinking": False}))))
+    closed = pool.get(load_spec(str(_entry(folder, tmp_path, chat_template_kwargs={"enable_thinking": False}))))
     answered = closed.generate(request)[0]
     assert answered.prompt.endswith("<think>\n\n</think>\n\n") and answered.reasoning is None and answered.text.strip()
+    assert pool.loads == 3
 
 
 @pytest.mark.slow
@@ -310,9 +316,8 @@ def test_a_student_without_a_chat_template_answers_trains_and_is_evaluated_on_on
     from mapd.training.merge import merge_adapter
 
     folder = _smol_copy(smol_spec, tmp_path / "smol-plain", None)
-    assert not AutoTokenizer.from_pretrained(folder).chat_template
-    cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, num_shards=1, student=str(_entry(folder, tmp_path)))
-    exam = Exam(cfg)
+    exam = Exam(RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, num_shards=1,
+                          student=str(_entry(folder, tmp_path))))
     exam.run(pool=EnginePool())
     rows = exam.results().to_dicts()
     user = [exam.prompt.render(question=r["question"]) for r in rows]
@@ -340,3 +345,28 @@ def test_a_student_without_a_chat_template_answers_trains_and_is_evaluated_on_on
     spec = dataclasses.replace(load_spec(str(_entry(folder, tmp_path))), path=str(merged))
     answer = load_engine(spec).generate([Request("q0", (("user", user[0]),), spec.sampling, seed=0)])[0]
     assert answer.prompt == rows[0]["prompt"] and answer.prompt_tokens == rows[0]["prompt_tokens"]
+
+
+def test_training_renders_records_with_the_students_template_variables(smol_spec, tmp_path):
+    """The student entry's chat_template_kwargs reach training (through the train stage's
+    config), which renders the prompt part as the engine does; unset, the config's identity is
+    what it was before the field existed."""
+    from transformers import AutoTokenizer
+
+    from mapd.training import TrainConfig
+    from mapd.training.data import IGNORE, Encoder
+
+    folder = _smol_copy(smol_spec, tmp_path / "smol-thinks", OPENING)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for kwargs, tail in ((None, "<think>\n"), ({"enable_thinking": False}, "<think>\n\n</think>\n\n")):
+        example, _ = Encoder(tokenizer, 512, kwargs).encode("r", "q", "rationale", "What is 3 + 4?", "7")
+        prompt = tokenizer.decode(example.input_ids[:example.labels.count(IGNORE)])
+        assert prompt.endswith("<|im_start|>assistant\n" + tail), prompt
+
+    entry = _entry(folder, tmp_path, chat_template_kwargs={"enable_thinking": False})
+    train = Graph(RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, student=str(entry))).one("train")
+    assert train.config().chat_template_kwargs == {"enable_thinking": False}
+    plain = TrainConfig(base_model=str(folder), records="r", out_dir="o")
+    assert "chat_template_kwargs" not in plain.identity("cpu")
+    assert dataclasses.replace(plain, chat_template_kwargs={"enable_thinking": False}).identity("cpu") \
+        ["chat_template_kwargs"] == {"enable_thinking": False}
