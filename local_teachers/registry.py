@@ -248,22 +248,24 @@ def load_spec(name: str) -> ModelSpec:
     looked = [f"no registry entry (known models: {', '.join(known_models())})"] if _plain(name) else []
     looked.append(f"no model folder {path.absolute()}")
     if re.fullmatch(REPO_ID, name):
-        repo = hub_cache() / ("models--" + name.replace("/", "--"))
-        snapshot = _hub_snapshot(repo)
-        if snapshot is not None:
+        snapshot = hub_snapshot(name, "model")
+        if snapshot is not None and (snapshot / "config.json").is_file():
             return folder_spec(snapshot, name.rsplit("/", 1)[-1])
-        looked.append(f"no Hugging Face repo in the local cache: no {repo} with a refs/main snapshot holding "
+        looked.append(f"no Hugging Face repo in the local cache: no {hub_cache()}/models--{name.replace('/', '--')} with a refs/main snapshot holding "
                       "config.json (nothing is downloaded; HF_HOME or HF_HUB_CACHE name the cache)")
     raise FileNotFoundError(f"unknown model {name!r}: {'; '.join(looked)}")
 
 
-def _hub_snapshot(repo: Path) -> Path | None:
-    """The snapshot folder huggingface_hub's refs/main names in ``repo``, if it holds a model."""
+def hub_snapshot(repo_id: str, repo_type: str) -> Path | None:
+    """The snapshot folder a downloaded repo's refs/main names, of ``repo_type`` (model, dataset),
+    read from the cache's own layout (no hub client: nothing here can reach the network); None
+    when the repo is not there."""
+    repo = hub_cache() / f"{repo_type}s--{repo_id.replace('/', '--')}"
     ref = repo / "refs" / "main"
     if not ref.is_file():
         return None
     snapshot = repo / "snapshots" / ref.read_text().strip()
-    return snapshot if (snapshot / "config.json").is_file() else None
+    return snapshot if snapshot.is_dir() else None
 
 
 def folder_spec(folder: Path, name: str | None = None) -> ModelSpec:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mapd.local_teachers.registry import hub_snapshot
+
 from . import grading
 from .grading import Graded, Verdict
 
@@ -163,7 +165,8 @@ def dataset_rows(source: str | os.PathLike, split: str, default_configs: Mapping
         raise MissingFileError(f"{text}: no such file or directory", file=text)
     else:
         name, _, config = text.partition(":")
-        rows = _load(datasets, text, split, _hub_snapshot(name) or name,
+        snapshot = hub_snapshot(name, "dataset")
+        rows = _load(datasets, text, split, str(snapshot) if snapshot else name,
                      config or (default_configs or {}).get(name))
     return list(enumerate(rows))
 
@@ -174,19 +177,6 @@ def _load(datasets, label: str, split: str, *args, **kwargs):
     except Exception as exc:  # datasets raises many types; all mean "not usable offline"
         raise DataError(f"{label}: could not load split {split!r} offline "
                         f"({type(exc).__name__}: {exc})", file=label) from exc
-
-
-def _hub_snapshot(repo_id: str) -> str | None:
-    """The folder of a dataset repo downloaded into the hub cache (huggingface-cli download
-    --repo-type dataset), if there is one; else None, and datasets' own cache is tried."""
-    from huggingface_hub import snapshot_download
-
-    from mapd.local_teachers.registry import hub_cache
-
-    try:
-        return snapshot_download(repo_id, repo_type="dataset", cache_dir=hub_cache(), local_files_only=True)
-    except Exception:  # not in the hub cache, or not a valid repo id: datasets' cache decides
-        return None
 
 
 def marked_rows(rows, split: str, file: str, shared: bool) -> list[tuple[int, Mapping]]:
