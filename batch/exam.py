@@ -20,7 +20,7 @@ from mapd.training.merge import adapter_checksums, merge_adapter
 from .config import RunConfig, request_seed, shard_slice
 from .prompts import load_prompt
 from .shards import atomic_write
-from .stage import ModelStage, Stage
+from .stage import ModelStage, Stage, completion_columns
 from .tasks import Verdict, get_task
 
 SCHEMA = {
@@ -92,25 +92,20 @@ class StudentAnswers(ModelStage):
         limit = self.cfg.split_limit(self.split)
         return self.split_questions[:limit] if limit else self.split_questions
 
-    def rows(self, shard: int, engine) -> list[dict]:
+    def rows(self, shard: int, engine) -> dict[str, list]:
         asked = [(q, k) for q in shard_slice(self.questions, shard, self.cfg.num_shards) for k in range(self.samples)]
         # The first answer is named and seeded as a single answer always has been.
-        requests = [
-            Request(f"{q.id}#{k}" if k else q.id, (("user", self.prompt.render(question=q.text)),), self.spec.sampling,
-                    seed=request_seed(self.cfg.seed, self.name, q.id, *([str(k)] if k else [])))
-            for q, k in asked
-        ]
-        rows = []
-        for (q, k), r, c in zip(asked, requests, engine.generate(requests, adapter=self.adapter)):
-            graded = self.task.grade(c.text, q)
-            rows.append({
-                "question_id": q.id, "question": q.text, "gold": q.gold, "prompt": c.prompt,
-                "completion": c.text, "reasoning": c.reasoning, "answer": graded.answer,
-                "verdict": graded.verdict.value,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "finish_reason": c.finish_reason, "seed": r.seed, "sample": k,
-            })
-        return rows
+        seeds = [request_seed(self.cfg.seed, self.name, q.id, *([str(k)] if k else [])) for q, k in asked]
+        requests = [Request(f"{q.id}#{k}" if k else q.id, (("user", self.prompt.render(question=q.text)),),
+                            self.spec.sampling, seed) for (q, k), seed in zip(asked, seeds)]
+        completions = engine.generate(requests, adapter=self.adapter)
+        graded = [self.task.grade(c.text, q) for (q, _), c in zip(asked, completions)]
+        return {
+            "question_id": [q.id for q, _ in asked], "question": [q.text for q, _ in asked],
+            "gold": [q.gold for q, _ in asked], **completion_columns(completions, seeds),
+            "answer": [g.answer for g in graded], "verdict": [g.verdict.value for g in graded],
+            "sample": [k for _, k in asked],
+        }
 
     def summary(self) -> dict:
         """Counts of the finished stage, also written to summary.json beside its shards."""

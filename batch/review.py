@@ -13,8 +13,8 @@ from mapd.local_teachers.engine import Request
 from .committee import parse_score, policy_from
 from .config import request_seed
 from .prompts import load_prompt
-from .stage import ModelStage, Stage
-from .teach import Teach, gold_solution, unusable
+from .stage import ModelStage, Stage, completion_columns
+from .teach import Teach, unusable, with_solution
 
 SCHEMA = {
     "question_id": pl.String,
@@ -73,28 +73,30 @@ class Review(ModelStage):
             "keep_cut": self.cfg.keep_cut,
         }
 
-    def rows(self, shard: int, engine) -> list[dict]:
-        exam = {r["question_id"]: r for r in self.exam.shard_frame(shard).iter_rows(named=True)}
-        written = pl.concat([t.shard_frame(shard) for t in self.authors])
-        written = (written.filter(pl.col("kind").is_in(list(self.prompts)), unusable(self.cfg.keep_cut).is_null())
-                   .sort("question_id", "kind", "teacher", maintain_order=True))
-        questions = {q.id: q for q in self.exam.questions}
-        todo = []
-        for w in written.iter_rows(named=True):
-            q = exam[w["question_id"]]
-            text = self.prompts[w["kind"]].render(
-                question=q["question"], gold=q["gold"], rationale=w["completion"],
-                feedback=w["completion"], student_answer=q["completion"],
-                solution=gold_solution(questions[w["question_id"]], self.cfg.gold_hint))
-            seed = request_seed(self.cfg.seed, self.name, self.spec.name, w["teacher"], w["kind"], w["question_id"])
-            todo.append((w, Request(f"{w['teacher']}:{w['kind']}:{w['question_id']}", (("user", text),), self.spec.sampling, seed)))
-        rows = []
-        for (w, r), c in zip(todo, engine.generate([r for _, r in todo])):
-            score = parse_score(c.text)
-            rows.append({
-                "question_id": w["question_id"], "author": w["teacher"], "reviewer": self.spec.name,
-                "kind": w["kind"], "prompt": c.prompt, "completion": c.text, "reasoning": c.reasoning,
-                "score": score.value, "score_status": score.status.value, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason, "seed": r.seed,
-            })
-        return rows
+    def rows(self, shard: int, engine) -> dict[str, list]:
+        # Polars joins and renders the prompts; Python only seeds, asks and reads the scores.
+        exam = with_solution(self.exam.shard_frame(shard), {q.id: q for q in self.exam.questions}, self.cfg.gold_hint)
+        exam = exam.select("question_id", "question", "gold", "solution", student_answer="completion")
+        written = (pl.concat([t.shard_frame(shard).select("question_id", "teacher", "kind", "completion",
+                                                            "finish_reason", "reasoning") for t in self.authors])
+                   .filter(pl.col("kind").is_in(list(self.prompts)), unusable(self.cfg.keep_cut).is_null())
+                   .sort("question_id", "kind", "teacher", maintain_order=True)
+                   .join(exam, on="question_id", how="left", maintain_order="left"))
+        fields = {k: pl.col(k) for k in ("question", "gold", "student_answer", "solution")}
+        text = pl.lit(None, pl.String)
+        for kind, prompt in self.prompts.items():
+            text = pl.when(pl.col("kind") == kind).then(prompt.expr(rationale=pl.col("completion"),
+                                                                     feedback=pl.col("completion"), **fields)).otherwise(text)
+        written = written.select("question_id", "teacher", "kind", text.alias("text"),
+                                 pl.concat_str("teacher", "kind", "question_id", separator=":").alias("id"))
+        qids, authors, kinds = (written[c].to_list() for c in ("question_id", "teacher", "kind"))
+        seeds = [request_seed(self.cfg.seed, self.name, self.spec.name, a, k, q) for a, k, q in zip(authors, kinds, qids)]
+        sampling = self.spec.sampling
+        completions = engine.generate([Request(i, (("user", t),), sampling, s)
+                                       for i, t, s in zip(written["id"].to_list(), written["text"].to_list(), seeds)])
+        scores = [parse_score(c.text) for c in completions]
+        return {
+            "question_id": qids, "author": authors, "reviewer": [self.spec.name] * len(qids), "kind": kinds,
+            **completion_columns(completions, seeds), "score": [s.value for s in scores],
+            "score_status": [s.status.value for s in scores],
+        }

@@ -147,6 +147,17 @@ def cut_in_reasoning() -> pl.Expr:
             & pl.col("reasoning").is_not_null())
 
 
+def completion_columns(completions: list, seeds: list[int]) -> dict[str, list]:
+    """The columns every model stage writes of its completions, in request order (columns, not
+    a dict per row: a large committee's review stage writes millions)."""
+    return {
+        "prompt": [c.prompt for c in completions], "completion": [c.text for c in completions],
+        "reasoning": [c.reasoning for c in completions], "prompt_tokens": [c.prompt_tokens for c in completions],
+        "completion_tokens": [c.completion_tokens for c in completions],
+        "finish_reason": [c.finish_reason for c in completions], "seed": seeds,
+    }
+
+
 class ModelStage(Stage):
     """A stage run by one model over ``cfg.num_shards`` shards. Subclasses set ``schema`` and
     implement ``settings`` (what decides the output besides its inputs) and ``rows``."""
@@ -160,7 +171,8 @@ class ModelStage(Stage):
     def settings(self) -> dict:
         raise NotImplementedError
 
-    def rows(self, shard: int, engine) -> list[dict]:
+    def rows(self, shard: int, engine) -> dict[str, list]:
+        """The shard's output: its ``schema``'s columns."""
         raise NotImplementedError
 
     def identity(self, shard: int) -> dict:
@@ -193,14 +205,15 @@ class ModelStage(Stage):
         total = dict.fromkeys(FIGURES, 0)
         for i in todo:
             before, t_shard = _usage(engine), time.perf_counter()
-            rows = self.rows(i, engine)
+            columns = self.rows(i, engine)
+            rows = pl.DataFrame({k: columns[k] for k in self.schema}, schema=self.schema)
             figures = {k: v - before[k] for k, v in _usage(engine).items()}
             # Wall time of the shard, of which the engine's is part: rendering, grading, writing.
-            write_shard(pl.DataFrame(rows, schema=self.schema), self.path(i), self.identity(i),
+            write_shard(rows, self.path(i), self.identity(i),
                         stage=self.key, shard=i, num_shards=self.num_shards, model=self.spec.name,
                         figures={**figures, "wall_seconds": time.perf_counter() - t_shard})
             total = {k: total[k] + figures[k] for k in FIGURES}
-            log.info("%s shard %d/%d: %d rows written to %s", self.key, i, self.num_shards, len(rows), self.path(i))
+            log.info("%s shard %d/%d: %d rows written to %s", self.key, i, self.num_shards, rows.height, self.path(i))
         return {"stage": self.key, "shards_run": len(todo), **total, "wall_seconds": time.perf_counter() - t0}
 
     def outcome(self, figures: dict) -> str:

@@ -21,7 +21,7 @@ from mapd.local_teachers.registry import load_spec
 from .config import request_seed
 from .exam import Exam
 from .prompts import load_prompt
-from .stage import ModelStage, Stage, cut_in_reasoning
+from .stage import ModelStage, Stage, completion_columns, cut_in_reasoning
 from .tasks import Question, Verdict
 
 SCHEMA = {
@@ -60,6 +60,12 @@ def gold_solution(question: Question, gold_hint: str) -> str:
     return f"Reference solution:\n{question.solution}\n\n"
 
 
+def with_solution(exam_rows: pl.DataFrame, questions: dict[str, Question], gold_hint: str) -> pl.DataFrame:
+    """The exam's rows with their questions' $solution paragraphs (see ``gold_solution``)."""
+    solutions = [gold_solution(questions[q], gold_hint) for q in exam_rows["question_id"].to_list()]
+    return exam_rows.with_columns(solution=pl.Series(solutions, dtype=pl.String))
+
+
 def mistakes(exam_rows: pl.DataFrame) -> pl.DataFrame:
     """Every answer that is not correct: wrong ones, and unparseable ones (no answer is a mistake too)."""
     return exam_rows.filter(pl.col("verdict") != Verdict.CORRECT.value)
@@ -94,34 +100,26 @@ class Teach(ModelStage):
     def questions(self):
         return {q.id: q for q in self.exam.questions}
 
-    def requests(self, shard: int) -> list[tuple[str, str, Request]]:
-        """(kind, question id, request) for every mistake in the exam's shard."""
-        out = []
-        for m in mistakes(self.exam.shard_frame(shard)).iter_rows(named=True):
-            qid = m["question_id"]
-            text = self.rationale_prompt.render(question=m["question"])
-            out.append(("rationale", qid, self._request("rationale", qid, text)))
-            if self.cfg.feedback:
-                text = self.feedback_prompt.render(
-                    question=m["question"], student_answer=m["completion"], gold=m["gold"],
-                    solution=gold_solution(self.questions[qid], self.cfg.gold_hint))
-                out.append(("feedback", qid, self._request("feedback", qid, text)))
-        return out
-
-    def _request(self, kind: str, qid: str, text: str) -> Request:
-        return Request(f"{kind}:{qid}", (("user", text),), self.spec.sampling,
-                       seed=request_seed(self.cfg.seed, self.name, self.spec.name, kind, qid))
-
-    def rows(self, shard: int, engine) -> list[dict]:
-        todo = self.requests(shard)
-        rows = []
-        for (kind, qid, r), c in zip(todo, engine.generate([r for _, _, r in todo])):
-            graded = self.exam.task.grade(c.text, self.questions[qid]) if kind == "rationale" else None
-            rows.append({
-                "question_id": qid, "teacher": self.spec.name, "kind": kind, "prompt": c.prompt,
-                "completion": c.text, "reasoning": c.reasoning, "answer": graded.answer if graded else None,
-                "verdict": graded.verdict.value if graded else None, "how": graded.how if graded else None,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "finish_reason": c.finish_reason, "seed": r.seed,
-            })
-        return rows
+    def rows(self, shard: int, engine) -> dict[str, list]:
+        """For every mistake in the exam's shard its rationale, then its feedback."""
+        wrong = with_solution(mistakes(self.exam.shard_frame(shard)), self.questions, self.cfg.gold_hint)
+        asks = [wrong.with_row_index().select("index", "question_id", kind=pl.lit("rationale"),
+                                               text=self.rationale_prompt.expr(question=pl.col("question")))]
+        if self.cfg.feedback:
+            fields = {k: pl.col(k) for k in ("question", "gold", "solution")}
+            asks.append(wrong.with_row_index().select(
+                "index", "question_id", kind=pl.lit("feedback"),
+                text=self.feedback_prompt.expr(student_answer=pl.col("completion"), **fields)))
+        todo = pl.concat(asks).sort("index", maintain_order=True)
+        qids, kinds = todo["question_id"].to_list(), todo["kind"].to_list()
+        seeds = [request_seed(self.cfg.seed, self.name, self.spec.name, k, q) for k, q in zip(kinds, qids)]
+        sampling = self.spec.sampling
+        completions = engine.generate([Request(f"{k}:{q}", (("user", t),), sampling, s)
+                                       for k, q, t, s in zip(kinds, qids, todo["text"].to_list(), seeds)])
+        grade, questions = self.exam.task.grade, self.questions
+        graded = [grade(c.text, questions[q]) if k == "rationale" else None for k, q, c in zip(kinds, qids, completions)]
+        return {
+            "question_id": qids, "teacher": [self.spec.name] * len(qids), "kind": kinds,
+            **completion_columns(completions, seeds), "answer": [g and g.answer for g in graded],
+            "verdict": [g and g.verdict.value for g in graded], "how": [g and g.how for g in graded],
+        }

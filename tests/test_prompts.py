@@ -2,9 +2,10 @@
 import string
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from mapd.batch.prompts import Prompt, prompts_dir
+from mapd.batch.prompts import WHITESPACE, Prompt, prompts_dir
 
 # Values a question or a completion may hold: braces (str.format's syntax) and dollars (Template's).
 VALUES = {"question": "Is {x} > $5 or ${y}?", "gold": "7", "rationale": "}{ $$ {0}", "feedback": "{}",
@@ -27,3 +28,20 @@ def test_errors_name_the_file():
         Prompt(Path("t.txt"), "a $b").render()
     with pytest.raises(ValueError, match=r"t.txt: line 2: a '\$' that starts no placeholder"):
         Prompt(Path("t.txt"), "a\n5 $ each").render()
+
+
+@pytest.mark.parametrize("path", sorted(prompts_dir().rglob("*.txt")), ids=lambda p: p.stem)
+def test_a_rendered_column_equals_rendered_strings(path):
+    """The stages render a frame's rows at once; the texts are render()'s, to the byte, with
+    whitespace of every kind str.strip() strips at both ends."""
+    prompt = Prompt(path, path.read_text())
+    names = sorted({text for text, hole in prompt.pieces if hole})
+    rows = [dict(VALUES), {**dict.fromkeys(VALUES, ""), "question": "\x1c\u3000 q \u2029\x85"},
+            dict.fromkeys(VALUES, " \t\n")]
+    frame = pl.DataFrame([{k: r[k] for k in names} for r in rows])
+    rendered = frame.select(prompt.expr(**{k: pl.col(k) for k in names})).to_series().to_list()
+    assert rendered == [prompt.render(**r) for r in rows]
+
+
+def test_whitespace_is_what_str_strip_strips():
+    assert set(WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
