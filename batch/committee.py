@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -102,16 +103,19 @@ def parse_score(review: str, low: int = LOW, high: int = HIGH) -> Score:
         return Score(None, ScoreStatus.NO_SCORE)
     for place, last_line in ((last, True), (text, False)):
         for pattern in (_LABELLED, _BRACKETED, _FRACTION):
-            found = [_score(m[1], m[2], low, high) for m in pattern.finditer(place)]
-            if pattern is _FRACTION:   # a fraction out of range is arithmetic, not a score
-                found = [s for s in found if s.status is ScoreStatus.OK]
+            found = None
+            for m in pattern.finditer(place):
+                score = _score(m[1], m[2], low, high)
+                if pattern is not _FRACTION or score.status is ScoreStatus.OK:   # else arithmetic
+                    found = score
             if found:
-                return found[-1]
+                return found
         if last_line and (m := _ALONE.match(place)):
             return _score(m[1], None, low, high)
     return Score(None, ScoreStatus.NO_SCORE)
 
 
+@functools.lru_cache(maxsize=1024)    # a few distinct numbers over millions of reviews
 def _score(number: str, scale: str | None, low: int, high: int) -> Score:
     value = float(number)
     if (scale is not None and int(scale) != high) or not value.is_integer() or not low <= value <= high:

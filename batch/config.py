@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,8 +207,18 @@ def _check_type(key: str, value, hint, source: str) -> None:
 def request_seed(seed: int, *parts: str) -> int:
     """A per-request seed that depends only on the run seed and the request's identity, so a
     rerun or a different sharding samples the same text for the same request."""
-    digest = hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    return _seed_of(":".join([str(seed), *parts]))
+
+
+def request_seeds(seed: int, fixed: tuple[str, ...], varying: Iterable[tuple[str, ...]]) -> list[int]:
+    """``request_seed(seed, *fixed, *parts)`` for each ``parts`` of ``varying``: a stage's millions
+    of requests share their first parts, joined once."""
+    head = ":".join([str(seed), *fixed, ""])
+    return [_seed_of(head + ":".join(parts)) for parts in varying]
+
+
+def _seed_of(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def shard_slice(items: list, shard: int, num_shards: int) -> list:

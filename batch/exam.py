@@ -17,7 +17,7 @@ from mapd.local_teachers.vllm_engine import max_lora_rank
 from mapd.training.config import TrainConfig
 from mapd.training.merge import adapter_checksums, merge_adapter
 
-from .config import RunConfig, request_seed, shard_slice
+from .config import RunConfig, request_seeds, shard_slice
 from .prompts import load_prompt
 from .shards import atomic_write
 from .stage import ModelStage, Stage, completion_columns
@@ -95,7 +95,7 @@ class StudentAnswers(ModelStage):
     def rows(self, shard: int, engine) -> dict[str, list]:
         asked = [(q, k) for q in shard_slice(self.questions, shard, self.cfg.num_shards) for k in range(self.samples)]
         # The first answer is named and seeded as a single answer always has been.
-        seeds = [request_seed(self.cfg.seed, self.name, q.id, *([str(k)] if k else [])) for q, k in asked]
+        seeds = request_seeds(self.cfg.seed, (self.name,), ((q.id, str(k)) if k else (q.id,) for q, k in asked))
         requests = [Request(f"{q.id}#{k}" if k else q.id, (("user", self.prompt.render(question=q.text)),),
                             self.spec.sampling, seed) for (q, k), seed in zip(asked, seeds)]
         completions = engine.generate(requests, adapter=self.adapter)

@@ -11,7 +11,7 @@ import polars as pl
 from mapd.local_teachers.engine import Request
 
 from .committee import parse_score, policy_from
-from .config import request_seed
+from .config import request_seeds
 from .prompts import load_prompt
 from .stage import ModelStage, Stage, completion_columns
 from .teach import Teach, unusable, with_solution
@@ -90,7 +90,7 @@ class Review(ModelStage):
         written = written.select("question_id", "teacher", "kind", text.alias("text"),
                                  pl.concat_str("teacher", "kind", "question_id", separator=":").alias("id"))
         qids, authors, kinds = (written[c].to_list() for c in ("question_id", "teacher", "kind"))
-        seeds = [request_seed(self.cfg.seed, self.name, self.spec.name, a, k, q) for a, k, q in zip(authors, kinds, qids)]
+        seeds = request_seeds(self.cfg.seed, (self.name, self.spec.name), zip(authors, kinds, qids))
         sampling = self.spec.sampling
         completions = engine.generate([Request(i, (("user", t),), sampling, s)
                                        for i, t, s in zip(written["id"].to_list(), written["text"].to_list(), seeds)])

@@ -18,7 +18,7 @@ import polars as pl
 from mapd.local_teachers.engine import Request
 from mapd.local_teachers.registry import load_spec
 
-from .config import request_seed
+from .config import request_seeds
 from .exam import Exam
 from .prompts import load_prompt
 from .stage import ModelStage, Stage, completion_columns, cut_in_reasoning
@@ -112,7 +112,7 @@ class Teach(ModelStage):
                 text=self.feedback_prompt.expr(student_answer=pl.col("completion"), **fields)))
         todo = pl.concat(asks).sort("index", maintain_order=True)
         qids, kinds = todo["question_id"].to_list(), todo["kind"].to_list()
-        seeds = [request_seed(self.cfg.seed, self.name, self.spec.name, k, q) for k, q in zip(kinds, qids)]
+        seeds = request_seeds(self.cfg.seed, (self.name, self.spec.name), zip(kinds, qids))
         sampling = self.spec.sampling
         completions = engine.generate([Request(f"{k}:{q}", (("user", t),), sampling, s)
                                        for k, q, t, s in zip(kinds, qids, todo["text"].to_list(), seeds)])

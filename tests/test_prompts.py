@@ -1,10 +1,12 @@
-"""Prompt templates render exactly as string.Template would, and a bad one names its file and line."""
+"""Prompt templates render exactly as string.Template would, and a bad one names its file and line;
+requests are seeded in bulk as one at a time."""
 import string
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from mapd.batch.config import request_seed, request_seeds
 from mapd.batch.prompts import WHITESPACE, Prompt, prompts_dir
 
 # Values a question or a completion may hold: braces (str.format's syntax) and dollars (Template's).
@@ -45,3 +47,10 @@ def test_a_rendered_column_equals_rendered_strings(path):
 
 def test_whitespace_is_what_str_strip_strips():
     assert set(WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+def test_request_seeds_are_request_seed_for_each_request():
+    """The stages seed their requests in bulk; each seed is the one request_seed gives it."""
+    varying = [("a", "rationale", "q-1"), ("b", "feedback", "q-22"), ("", "", "")]
+    assert request_seeds(7, ("review", "t"), varying) == [request_seed(7, "review", "t", *v) for v in varying]
+    assert request_seeds(0, (), [("x",)]) == [request_seed(0, "x")]

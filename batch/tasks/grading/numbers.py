@@ -2,6 +2,7 @@
 else the last number in the text."""
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from decimal import Decimal
@@ -26,6 +27,7 @@ _NUMBER = re.compile(
 )
 # No answer has more digits; converting a run of a million would take long.
 _MAX_DIGITS = 40
+_TOLERANCE = Fraction(1, 10**6)
 # LaTeX and typography that would otherwise hide or split a number.
 _NUMBER_CLEANUP = [("{,}", ","), ("\\,", ","), ("\\!", ""), ("\\$", "$"),
                    ("\\%", "%"), ("\u2212", "-"), ("\u2013", "-"),
@@ -163,23 +165,31 @@ def canonical_number(value: Fraction | str) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def _read_number(completion: str) -> tuple[str | None, str | None]:
+def _read_number(completion: str) -> tuple[Fraction | None, str | None]:
     text = completion
     for old, new in _NUMBER_CLEANUP:
         text = text.replace(old, new)
-    value, how = _read((_marked_number(segment) for _, segment in _marked(text, _MARKER)),
-                       lambda: _last_number(text))
-    return (None, None) if value is None else (canonical_number(value), how)
+    return _read((_marked_number(segment) for _, segment in _marked(text, _MARKER)), lambda: _last_number(text))
 
 
 def extract_number(completion: str) -> str | None:
     """Canonical final number of a completion, or None if it holds no number."""
-    return _read_number(completion)[0]
+    value, _ = _read_number(completion)
+    return None if value is None else canonical_number(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _gold_value(gold: str) -> Fraction:
+    """A gold answer's value, read once: every teacher's rationale and every sample of a question
+    is graded against the same gold."""
+    return Fraction(Decimal(canonical_number(gold)))
 
 
 def grade_number(completion: str, gold: str) -> Graded:
-    answer, how = _read_number(completion)
-    gold_value = Fraction(Decimal(canonical_number(gold)))
-    correct = (answer is not None
-               and abs(Fraction(Decimal(answer)) - gold_value) <= Fraction(1, 10**6))
-    return _graded(answer, how, correct)
+    value, how = _read_number(completion)
+    if value is None:
+        return _graded(None, None, False)
+    answer = canonical_number(value)
+    # Compared as stated: the canonical text, rounded to 9 decimals (a whole number is already exact).
+    stated = value if value.denominator == 1 else Fraction(Decimal(answer))
+    return _graded(answer, how, abs(stated - _gold_value(gold)) <= _TOLERANCE)
