@@ -60,11 +60,22 @@ def one_size(n: int, teachers: int, shards: int) -> dict:
     with open(data, "w") as f:
         for i in range(n):
             f.write(json.dumps({"question": f"Question {i}: what is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"}) + "\n")
-    cfg = RunConfig(task="gsm8k", run_dir=work / "run", data=str(data), num_shards=shards,
+    cfg = RunConfig(task="gsm8k", run_dir=work / "run", train_data=str(data), num_shards=shards,
                     teachers=committee(teachers, work))
     graph = Graph(cfg)
     engine = ScriptedEngine(instant_answer, keep_seen=False)   # peak memory is measured
     pool = ScriptedPool(engine)
+    # The stand-in engine's own time (its answers, word counts, Completion objects) is timed
+    # apart: what is left is the project's bookkeeping.
+    generate, engine_seconds = engine.generate, [0.0]
+
+    def timed_generate(requests, adapter=None):
+        t0 = time.perf_counter()
+        try:
+            return generate(requests, adapter)
+        finally:
+            engine_seconds[0] += time.perf_counter() - t0
+    engine.generate = timed_generate
     times = {}
     for label, stages in [("exam", [graph.one("exam")]), ("teach", graph.named("teach")), ("review", graph.named("review"))]:
         t0 = time.perf_counter()
@@ -76,7 +87,7 @@ def one_size(n: int, teachers: int, shards: int) -> dict:
     stats = graph.one("dataset").stats()
     times["dataset"] = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "times": times, "peak_mb": peak_mb, "records": sum(stats["records"].values()),
+    return {"n": n, "times": times, "engine_s": engine_seconds[0], "peak_mb": peak_mb, "records": sum(stats["records"].values()),
             "generations": engine.usage.requests}
 
 
@@ -97,19 +108,22 @@ def main(sizes, teachers, shards, child):
             sys.exit(out.stderr)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     stages = list(rows[0]["times"])
-    print(f"\nbookkeeping with an instant engine, {teachers} teachers, {shards} shards, {os.cpu_count()} CPUs")
-    print(f"{'questions':>10}{'generations':>13}" + "".join(f"{s + ' s':>11}" for s in stages)
-          + f"{'total s':>10}{'peak MB':>10}{'us/gen':>9}")
     for r in rows:
-        total = sum(r["times"].values())
+        r["total"] = sum(r["times"].values())
+        r["ours"] = r["total"] - r["engine_s"]
+    print(f"\nbookkeeping with an instant engine, {teachers} teachers, {shards} shards, {os.cpu_count()} CPUs")
+    print("(stage columns: wall time with the stand-in engine; 'ours s' = total less its 'engine s')")
+    print(f"{'questions':>10}{'generations':>13}" + "".join(f"{s + ' s':>11}" for s in stages)
+          + f"{'total s':>10}{'engine s':>10}{'ours s':>9}{'peak MB':>10}{'us/gen':>9}")
+    for r in rows:
         print(f"{r['n']:>10}{r['generations']:>13}" + "".join(f"{r['times'][s]:>11.1f}" for s in stages)
-              + f"{total:>10.1f}{r['peak_mb']:>10.0f}{1e6 * total / r['generations']:>9.1f}")
+              + f"{r['total']:>10.1f}{r['engine_s']:>10.1f}{r['ours']:>9.1f}{r['peak_mb']:>10.0f}"
+              + f"{1e6 * r['ours'] / r['generations']:>9.1f}")
     first, last = rows[0], rows[-1]
     growth = [last["times"][s] / first["times"][s] for s in stages]
-    growth += [sum(last["times"].values()) / sum(first["times"].values()), last["peak_mb"] / first["peak_mb"]]
+    growth += [last[k] / first[k] for k in ("total", "engine_s", "ours", "peak_mb")]
     print("growth".rjust(10) + f"x{last['n'] / first['n']:.0f} linear".rjust(13)
-          + "".join(f"x{g:.1f}".rjust(w) for g, w in zip(growth, [11] * len(stages) + [10, 10])))
-
+          + "".join(f"x{g:.1f}".rjust(w) for g, w in zip(growth, [11] * len(stages) + [10, 10, 9, 10])))
 
 if __name__ == "__main__":
     main()
