@@ -12,14 +12,13 @@ from pathlib import Path
 from mapd.local_teachers.registry import load_spec
 
 from .config import RunConfig
-from .exam import StudentAnswers
+from .exam import StudentAnswers, merged_copy
 from .shards import atomic_write
 from .stage import Stage
 from .tasks import DataError, shared_questions
 
 VARIANTS = ("base", "distilled")
 PAPER_SAMPLING = (0.3, 0.9)   # the authors' evaluation: temperature, top_p
-MERGED = "merged-model"       # <run>/eval/merged-model: the distilled student on CPU, made on first load
 
 
 class Eval(StudentAnswers):
@@ -38,11 +37,8 @@ class Eval(StudentAnswers):
         spec = dataclasses.replace(
             spec, sampling=dataclasses.replace(spec.sampling, temperature=temperature, top_p=top_p))
         # The base variant loads the plain student, as the exam does (the pool keeps a loaded one).
-        # The distilled one on CPU, where vLLM's LoRA path runs at a third of that speed, answers
-        # with the adapter merged into a copy of the base in the run; on GPUs the LoRA path is fast.
-        merged = Path(cfg.run_dir) / "eval" / MERGED if adapter is not None and spec.gpus == 0 else None
         super().__init__(cfg, list(needs), spec, Path(cfg.run_dir) / "eval" / variant, part=variant,
-                         adapter=str(adapter) if adapter else None, merged=merged)
+                         adapter=str(adapter) if adapter else None, merged=merged_copy(cfg.run_dir))
         self.variant = variant
         self.samples = cfg.eval_samples if cfg.eval_sampling == "paper" else 1
 

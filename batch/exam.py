@@ -40,11 +40,17 @@ SCHEMA = {
 }
 
 
+def merged_copy(run_dir: Path) -> Path:
+    """Where a run's adapter is merged into a copy of the base weights for answering on CPU (made
+    when an engine first loads it): by its distilled eval, and by the next round's exam."""
+    return Path(run_dir) / "eval" / "merged-model"
+
+
 class StudentAnswers(ModelStage):
     """The student answers ``split``, with ``adapter`` (a peft LoRA folder) when one is given:
-    through the engine's LoRA path, or, given ``merged`` (a folder), merged into a copy of the
-    base weights written there when an engine first loads it. Subclasses set ``name`` and
-    ``split``."""
+    on GPUs through the engine's LoRA path; on CPU, where that path runs at a third of the plain
+    engine's speed, on the adapter merged into a copy of the base in the folder ``merged``
+    (``merged_copy`` of the run that trained it). Subclasses set ``name`` and ``split``."""
 
     schema = SCHEMA
     split = "train"
@@ -52,6 +58,7 @@ class StudentAnswers(ModelStage):
 
     def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None,
                  adapter: str | None = None, merged: Path | None = None):
+        merged = merged if adapter and spec.gpus == 0 else None
         # ``spec`` stays the student's: the model a SLURM job is sized for and checks before it starts.
         super().__init__(cfg, needs, with_lora(spec, cfg.lora_r) if adapter and merged is None else spec, folder, part)
         self.adapter = adapter
@@ -161,8 +168,10 @@ class Exam(StudentAnswers):
     name = "exam"
 
     def __init__(self, cfg: RunConfig):
+        # A later round's adapter is <round before>/train/adapter, made by batch.local.rounds.
         super().__init__(cfg, [], load_spec(cfg.student).with_engine(cfg.engine), Path(cfg.run_dir) / "exam",
-                         adapter=cfg.init_adapter)
+                         adapter=cfg.init_adapter,
+                         merged=merged_copy(Path(cfg.init_adapter).parents[1]) if cfg.init_adapter else None)
 
     @classmethod
     def build(cls, graph) -> list[Stage]:

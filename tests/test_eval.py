@@ -106,6 +106,16 @@ def test_eval_identity_follows_the_adapter_and_how_it_is_applied(tmp_path, tiny_
         Eval(cfg, "distilled")
 
 
+def test_a_later_round_exam_answers_on_the_copy_its_previous_round_merged(tmp_path, tiny_spec_file, tiny_adapter):
+    """On CPU round r's exam takes round r-1's adapter merged, in the copy round r-1's distilled
+    eval made (one merge, no LoRA-enabled engine)."""
+    first = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, student=str(tiny_spec_file))
+    adapter = _trained(first, tiny_adapter) / "train" / "adapter"
+    exam = Exam(replace(first, run_dir=first.run_dir / "round-2", init_adapter=str(adapter)))
+    assert exam.merged.path == Eval(first, "distilled", adapter).merged.path == str(first.run_dir / "eval" / "merged-model")
+    assert exam.identity(0)["adapter_applied"] == "merged" and "enable_lora" not in exam.spec.vllm
+
+
 def test_the_merged_model_is_made_when_first_loaded_and_kept_for_the_same_adapter(tmp_path, tiny_spec_file,
                                                                                  tiny_model, tiny_adapter):
     cfg = RunConfig(task="svamp", run_dir=tmp_path / "run", limit=2, student=str(tiny_spec_file))

@@ -259,6 +259,7 @@ def test_distill_runs_every_stage_to_the_results_table_and_retrains_on_new_recor
     exam_manifest = json.loads((later / "exam" / "shard-00000-of-00001.manifest.json").read_text())
     adapter_sha = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert exam_manifest["identity"]["adapter_sha256"] == adapter_sha
+    assert exam_manifest["identity"]["adapter_applied"] == "merged"      # round 1's eval copy, on CPU
     card = json.loads((later / "train" / "adapter" / "card.json").read_text())
     assert card["config"]["init_adapter"] == str(adapter)
     assert not (later / "eval" / "base").exists()
