@@ -83,10 +83,10 @@ class Review(ModelStage):
                    .sort("question_id", "kind", "teacher", maintain_order=True)
                    .join(exam, on="question_id", how="left", maintain_order="left"))
         fields = {k: pl.col(k) for k in ("question", "gold", "student_answer", "solution")}
+        fields["rationale"] = fields["feedback"] = pl.col("completion")     # what is reviewed, by kind
         text = pl.lit(None, pl.String)
         for kind, prompt in self.prompts.items():
-            text = pl.when(pl.col("kind") == kind).then(prompt.expr(rationale=pl.col("completion"),
-                                                                     feedback=pl.col("completion"), **fields)).otherwise(text)
+            text = pl.when(pl.col("kind") == kind).then(prompt.expr(**fields)).otherwise(text)
         written = written.select("question_id", "teacher", "kind", text.alias("text"),
                                  pl.concat_str("teacher", "kind", "question_id", separator=":").alias("id"))
         qids, authors, kinds = (written[c].to_list() for c in ("question_id", "teacher", "kind"))

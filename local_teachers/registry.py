@@ -251,8 +251,9 @@ def load_spec(name: str) -> ModelSpec:
         snapshot = hub_snapshot(name, "model")
         if snapshot is not None and (snapshot / "config.json").is_file():
             return folder_spec(snapshot, name.rsplit("/", 1)[-1])
-        looked.append(f"no Hugging Face repo in the local cache: no {hub_cache()}/models--{name.replace('/', '--')} with a refs/main snapshot holding "
-                      "config.json (nothing is downloaded; HF_HOME or HF_HUB_CACHE name the cache)")
+        looked.append(f"no Hugging Face repo in the local cache: no {hub_cache()}/models--{name.replace('/', '--')} "
+                      "with a refs/main snapshot holding config.json (nothing is downloaded; HF_HOME or "
+                      "HF_HUB_CACHE name the cache)")
     raise FileNotFoundError(f"unknown model {name!r}: {'; '.join(looked)}")
 
 
@@ -272,7 +273,7 @@ def folder_spec(folder: Path, name: str | None = None) -> ModelSpec:
     """The entry of a model folder that has none: named after the folder (or ``name``); dtype and
     context length from its config.json, the context capped at MAX_CONTEXT; GPUs by default_gpus;
     the rest the registry's defaults (the vllm engine, greedy, 512 new tokens; a reasoning model,
-REASONING_MAX_TOKENS up to half its context)."""
+    REASONING_MAX_TOKENS up to half its context)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder}: no config.json: not a model folder")
