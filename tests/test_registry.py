@@ -188,9 +188,14 @@ def test_transformers_honours_the_sampling_fields_and_stops_at_a_stop_string(hf_
 def test_the_vllm_lora_rank_is_the_smallest_that_serves_the_adapters(smol_spec, tmp_path):
     assert [max_lora_rank(r) for r in (1, 2, 8, 64, 100, 300, 512)] == [1, 8, 8, 64, 128, 320, 512]
     assert with_lora(smol_spec).vllm["max_lora_rank"] == 64          # training's default rank
-    cfg = RunConfig(task="svamp", run_dir=tmp_path, init_adapter=str(tmp_path / "adapter"),
-                    train_overrides={"lora_r": 100})
+    # A later round's exam on GPUs serves round r-1's adapter through vLLM's LoRA path (on CPU it
+    # answers on the merged copy, with no LoRA-enabled engine).
+    on_gpus = tmp_path / "on-gpus.yaml"
+    on_gpus.write_text(yaml.safe_dump({**yaml.safe_load(Path(smol_spec.source).read_text()), "gpus": 1}))
+    cfg = RunConfig(task="svamp", run_dir=tmp_path, init_adapter=str(tmp_path / "run" / "train" / "adapter"),
+                    train_overrides={"lora_r": 100}, student=str(on_gpus))
     assert Exam(cfg).spec.vllm == {**smol_spec.vllm, "enable_lora": True, "max_lora_rank": 128}
+    assert "enable_lora" not in Exam(replace(cfg, student=smol_spec.name)).spec.vllm
 
 
 def test_a_lora_rank_vllm_cannot_serve_is_refused_before_any_model_loads(tmp_path, monkeypatch):
