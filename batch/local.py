@@ -10,8 +10,7 @@ from mapd.local_teachers.pool import EnginePool
 
 from .eval import results_table
 from .graph import Graph
-from .stage import ModelStage, Stage
-from .together import run_together
+from .stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +26,11 @@ def run_local(graph: Graph, pool: EnginePool | None = None, through: str | None 
     pool = pool or EnginePool()
     figures = {}
     try:
-        for batch in _batches(graph.stages[:last + 1]):
-            if batch[0].frees_engine:
+        for stage in _engine_order(graph.stages[:last + 1]):
+            if stage.frees_engine:
                 pool.close()
-            for stage, ran in zip(batch, run_together(batch, pool) if len(batch) > 1 else [batch[0].run(pool=pool)]):
-                figures[stage.key] = ran
-                done(stage, ran)
+            figures[stage.key] = stage.run(pool=pool)
+            done(stage, figures[stage.key])
     finally:
         if own:
             pool.close()
@@ -40,22 +38,13 @@ def run_local(graph: Graph, pool: EnginePool | None = None, through: str | None 
     return [figures[stage.key] for stage in graph.stages[:last + 1]]
 
 
-def _batches(stages: list[Stage]) -> list[list[Stage]]:
-    """The stages in the order they run, in batches. Those needing nothing run first: the base
-    eval answers on the exam's engine, with the exam, instead of loading the student again after
-    training. Then the rest in graph order; consecutive model stages on the same weights, none
-    needing another, run as one batch (batch/together.py): a committee that is one model several
-    ways teaches, and reviews, in one engine call."""
-    batches: list[list[Stage]] = []
-    keys: list[tuple | None] = []
-    for stage in [s for s in stages if not s.needs] + [s for s in stages if s.needs]:
-        key = stage.engine_key() if isinstance(stage, ModelStage) else None
-        if key is not None and keys and keys[-1] == key and not set(stage.needs) & set(batches[-1]):
-            batches[-1].append(stage)
-        else:
-            batches.append([stage])
-            keys.append(key)
-    return batches
+def _engine_order(stages: list[Stage]) -> list[Stage]:
+    """The stages in graph order, except that those needing nothing run before the first stage
+    that frees the engine: the base eval answers on the exam's engine, still loaded, instead of
+    loading the student again after training."""
+    free = next((i for i, s in enumerate(stages) if s.frees_engine), len(stages))
+    later = stages[free:]
+    return stages[:free] + [s for s in later if not s.needs] + [s for s in later if s.needs]
 
 
 def rounds(first: Graph, n: int) -> list[Graph]:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import polars as pl
 
-from mapd.local_teachers.pool import weights_key
 from mapd.local_teachers.registry import ModelSpec
 
 from .config import RunConfig
@@ -179,7 +178,6 @@ class ModelStage(Stage):
     implement ``settings`` (what decides the output besides its inputs) and ``rows``."""
 
     schema: dict = {}
-    adapter: str | None = None     # the peft LoRA folder its model answers with (the student's stages)
 
     def __init__(self, cfg: RunConfig, needs: list[Stage], spec: ModelSpec, folder: Path, part: str | None = None):
         super().__init__(cfg, needs, spec, part)
@@ -187,11 +185,6 @@ class ModelStage(Stage):
 
     def settings(self) -> dict:
         raise NotImplementedError
-
-    def engine_key(self) -> tuple | None:
-        """What the engine it answers on depends on: model stages with equal keys may run as one
-        batch (batch/together.py); None runs it alone (one answering with an adapter)."""
-        return None if self.adapter else weights_key(self.spec)
 
     def rows(self, shard: int, engine) -> dict[str, list]:
         """The shard's output: its ``schema``'s columns."""

@@ -71,7 +71,7 @@ class EnginePool:
         self.loads = 0
 
     def get(self, spec: ModelSpec) -> Engine:
-        if self.engine is None or weights_key(self.engine.spec) != weights_key(spec):
+        if self.engine is None or _weights_key(self.engine.spec) != _weights_key(spec):
             self.close()
             self.engine = load_engine(spec)
             self.loads += 1
@@ -91,7 +91,7 @@ class EnginePool:
         self.close()
 
 
-def weights_key(spec: ModelSpec) -> tuple:
+def _weights_key(spec: ModelSpec) -> tuple:
     """What a loaded engine depends on; sampling settings travel with each request instead. The
     engine renders prompts and splits off the thinking by its entry's settings: entries that differ
     in those load their own."""

@@ -65,9 +65,6 @@ class FromFile(ModelStage):
     def run(self, shards=None, pool=None) -> dict:
         return super().run(shards, _Served(self))
 
-    def engine_key(self) -> None:       # read from the file: no engine to share
-        return None
-
     def outcome(self, figures: dict) -> str:
         return f"{figures['stage']}: {figures['shards_run']} shard(s) written from {self.cfg.imported['file']}"
 
