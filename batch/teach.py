@@ -102,14 +102,13 @@ class Teach(ModelStage):
 
     def rows(self, shard: int, engine) -> dict[str, list]:
         """For every mistake in the exam's shard its rationale, then its feedback."""
-        wrong = with_solution(mistakes(self.exam.shard_frame(shard)), self.questions, self.cfg.gold_hint)
-        asks = [wrong.with_row_index().select("index", "question_id", kind=pl.lit("rationale"),
-                                               text=self.rationale_prompt.expr(question=pl.col("question")))]
+        wrong = with_solution(mistakes(self.exam.shard_frame(shard)), self.questions, self.cfg.gold_hint).with_row_index()
+        asks = [wrong.select("index", "question_id", kind=pl.lit("rationale"),
+                             text=self.rationale_prompt.expr(question=pl.col("question")))]
         if self.cfg.feedback:
             fields = {k: pl.col(k) for k in ("question", "gold", "solution")}
-            asks.append(wrong.with_row_index().select(
-                "index", "question_id", kind=pl.lit("feedback"),
-                text=self.feedback_prompt.expr(student_answer=pl.col("completion"), **fields)))
+            asks.append(wrong.select("index", "question_id", kind=pl.lit("feedback"),
+                                     text=self.feedback_prompt.expr(student_answer=pl.col("completion"), **fields)))
         todo = pl.concat(asks).sort("index", maintain_order=True)
         qids, kinds = todo["question_id"].to_list(), todo["kind"].to_list()
         seeds = request_seeds(self.cfg.seed, (self.name, self.spec.name), zip(kinds, qids))
