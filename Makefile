@@ -149,6 +149,7 @@ bench: $(INSTALLED) $(MODEL_DIR)/config.json
 	rm -rf runs/bench
 	$(VENV)/bin/python bench/exam_engines.py --questions 8 --max-tokens 128
 	$(VENV)/bin/python bench/engine_concurrency.py --prompts 32 --max-tokens 32 --in-flight 4,8,16,32
+	$(VENV)/bin/python bench/cpu_top_p.py --questions 8 --max-tokens 128
 	$(VENV)/bin/python bench/eval_speed.py --questions 16 --max-tokens 128
 	$(VENV)/bin/python bench/stage_overhead.py --run-dir runs/bench/svamp --task svamp --limit 8 --max-steps 4
 	$(VENV)/bin/python bench/review_prefix_cache.py --run-dir runs/bench/svamp

