@@ -9,8 +9,10 @@ is dropped when the probability mass at or below it is at most 1 - p, the most l
 kept. Rows whose nucleus may reach past the window, and requests with a top-k, go to vLLM's filter;
 rows with p = 1 (requests without top-p, batched with some that have it) drop the tokens of
 probability 0, as vLLM's rule does.
-Installed only for CPU engines (GPUs have vLLM's own kernels); tests/test_cpu_top_p.py checks it
-against vLLM's filter, mask for mask, and completion for completion on the real engine.
+
+CPU engines install it in their own process, where vLLM's in-process engine (vllm_engine's
+CPU_DEFAULTS) samples; GPUs keep vLLM's kernels. tests/test_cpu_top_p.py checks it against vLLM's
+filter, mask for mask, and completion for completion on the real engine.
 """
 from __future__ import annotations
 
