@@ -55,9 +55,8 @@ class Eval(StudentAnswers):
     @cached_property
     def split_questions(self):
         """The test split, refused when any of its questions is also one of the train split's."""
-        test = StudentAnswers.split_questions.func(self)
-        train_source, shared = self.cfg.split_source("train")
-        leaked = shared_questions(test, self.task.load("train", train_source, shared))
+        test = self.load_split(self.split)
+        leaked = shared_questions(test, self.load_split("train"))
         if leaked:
             where = {split: self.task.source_label(split, self.cfg.split_source(split)[0])
                      for split in ("train", "test")}

@@ -88,11 +88,15 @@ class StudentAnswers(ModelStage):
         super().check_inputs(shards)
         self.questions
 
+    def load_split(self, split: str):
+        """Every question of ``split`` from the run's data for it, before any limit."""
+        source, shared = self.cfg.split_source(split)
+        return self.task.load(split, source, shared)
+
     @cached_property
     def split_questions(self):
         """Every question of the split, before its limit."""
-        source, shared = self.cfg.split_source(self.split)
-        return self.task.load(self.split, source, shared)
+        return self.load_split(self.split)
 
     @cached_property
     def questions(self):
