@@ -115,9 +115,10 @@ def run_options(*, writes: bool):
         @click.option("--task", default=None, help="gsm8k | svamp | strategyqa | logiqa [a new run: required]")
         @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
                       help="run directory [default: runs/<task>/default]")
-        @click.option("--student", default=None, help=f"student model: registry name, YAML path, model folder or cached hub repo id [{DEFAULT_STUDENT}]")
-        @click.option("--teachers", default=None, help="comma-separated committee: registry names, YAML paths, model folders or cached hub repo ids; "
-                      f"one = no peer review [{','.join(DEMO_COMMITTEE)}]")
+        @click.option("--student", default=None, help="student model: registry name, YAML path, model folder or "
+                      f"cached hub repo id [{DEFAULT_STUDENT}]")
+        @click.option("--teachers", default=None, help="comma-separated committee: registry names, YAML paths, model "
+                      f"folders or cached hub repo ids; one = no peer review [{','.join(DEMO_COMMITTEE)}]")
         @click.option("--engine", type=click.Choice(ENGINES), default=None, help="override every model's registry engine")
         @click.option("--data", default=None, help="task data, both splits: a folder of the original files, a data "
                       "file whose rows each have a 'split' field (train or test), or a dataset id in the local "

@@ -156,9 +156,9 @@ def training(graph) -> str:
 
 
 def full_size_cost(graph, tokens_per_second: float) -> str:
-    """The cost model of the README's "How long it takes" (exam Q, teach 2·T·N, review T·(T-1)·N, eval 2 x test questions)
-    at this run's mistake share: every count is proportional to the split's size, so each
-    stage's generations scale by full split / this run's questions."""
+    """The cost model of the README's "How long it takes" (exam Q, teach 2·T·N, review T·(T-1)·N,
+    eval 2 x test questions) at this run's mistake share: every count is proportional to the
+    split's size, so each stage's generations scale by full split / this run's questions."""
     exam = graph.one("exam")
     if exam.pending():
         return _missing("exam not run yet: the estimate scales the run's measured figures")

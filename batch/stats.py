@@ -110,10 +110,10 @@ def format_stats(stats: dict) -> str:
         lines.append("mean score (share above threshold), reviewer x author:")
         lines.append(" " * width + "".join(a.rjust(width) for a in authors))
         for reviewer in sorted({m["reviewer"] for m in matrix}):
-            cells = {m["author"]: m for m in matrix if m["reviewer"] == reviewer}
+            cells = {m["author"]: m for m in matrix if m["reviewer"] == reviewer and m["mean_score"] is not None}
             lines.append(reviewer.ljust(width) + "".join(
-                (f"{cells[a]['mean_score']:.2f} ({cells[a]['above_threshold']:.0%})" if a in cells and cells[a]["mean_score"] is not None
-                 else "-").rjust(width) for a in authors))
+                (f"{cells[a]['mean_score']:.2f} ({cells[a]['above_threshold']:.0%})" if a in cells else "-").rjust(width)
+                for a in authors))
         lines.append("parse failures per reviewer: " + ", ".join(
             f"{r}: {v['no_score']} no score, {v['out_of_range']} out of range of {v['reviews']}"
             for r, v in stats["parse_failures_per_reviewer"].items()))

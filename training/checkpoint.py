@@ -32,7 +32,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
+    """Every file of a folder, then the folder itself, on disk (before it is renamed into place)."""
     for f in path.iterdir():
         with open(f, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -73,7 +74,7 @@ def save(root: Path, model, optimizer, scheduler, state: dict) -> Path:
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     save_rng(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if final.exists():          # the same step saved twice (epoch end == save_steps): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -80,7 +80,7 @@ def _write(base: Path, adapter: Path, out: Path, dtype: str) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .checkpoint import _fsync_tree
+    from .checkpoint import fsync_tree
 
     # Merged in float32 whatever the stored dtype: a bfloat16 sum would round the small update away.
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -92,7 +92,7 @@ def _write(base: Path, adapter: Path, out: Path, dtype: str) -> None:
         if path.is_file() and path.name != "config.json" and path.suffix not in WEIGHT_SUFFIXES \
                 and not path.name.endswith(".index.json"):
             shutil.copyfile(path, out / path.name)
-    _fsync_tree(out)
+    fsync_tree(out)
 
 
 def _put_in_place(tmp: Path, out: Path, record: dict) -> None:

@@ -2,7 +2,8 @@
 their answer graders. `get_task(name)` is the entry point."""
 from __future__ import annotations
 
-from .base import DataError, Graded, MissingFileError, Question, Task, Verdict, shared_questions
+from .base import DataError, MissingFileError, Question, Task, shared_questions
+from .grading import Graded, Verdict
 from .gsm8k import GSM8K
 from .logiqa import LogiQA
 from .strategyqa import StrategyQA

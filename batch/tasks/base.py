@@ -20,7 +20,7 @@ from typing import Any
 from mapd.local_teachers.registry import hub_snapshot
 
 from . import grading
-from .grading import Graded, Verdict
+from .grading import Graded
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SPLITS = ("train", "test")
