@@ -1,5 +1,7 @@
 """Training on CPU: LoRA on the 4-bit NF4 base (QLoRA, quantize=True) versus LoRA on the
-full-precision float32 base (quantize=False), side by side on the same records, seed and steps.
+full-precision float32 base (quantize=False), side by side on the same records, seed and steps;
+and the float32 path again with the LM head run at every position, as training did before it ran
+at the target positions alone (training.loss.target_positions).
 
     .venv/bin/python bench/train_cpu_path.py [--records 32] [--steps 4] [--batch-size 1] [--threads 0]
 
@@ -27,12 +29,18 @@ import click
 
 from train_padding import build_records
 
-VARIANTS = {"NF4 QLoRA": True, "LoRA, fp32 base": False}   # name -> quantize
+# name -> (quantize, the LM head at every position)
+VARIANTS = {"NF4 QLoRA": (True, False), "LoRA, fp32 base": (False, False),
+            "LoRA, fp32 base, LM head everywhere": (False, True)}
 
 
-def one_variant(cfg_json: str) -> dict:
-    from mapd.training import TrainConfig, train
+def one_variant(cfg_json: str, head_everywhere: bool) -> dict:
+    import torch
 
+    from mapd.training import TrainConfig, loop, train
+
+    if head_everywhere:     # every position but the last predicts a token (padding's is masked)
+        loop.target_positions = lambda labels: torch.arange(labels.shape[1] - 1)
     cfg = TrainConfig(**json.loads(cfg_json))
     cpu_at = []                                       # the process's CPU seconds after each step
     adapter = train(cfg, on_step=lambda step, record: cpu_at.append(time.process_time()))
@@ -71,9 +79,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 @click.option("--threads", default=0, show_default=True, help="CPU threads; 0: every CPU it may use, as training")
 @click.option("--model", default="smollm2-135m-instruct", show_default=True)
 @click.option("--child", default=None, hidden=True)
-def main(n_records, steps, batch_size, max_length, threads, model, child):
+@click.option("--head-everywhere", is_flag=True, hidden=True)
+def main(n_records, steps, batch_size, max_length, threads, model, child, head_everywhere):
     if child is not None:
-        print(json.dumps(one_variant(child)))
+        print(json.dumps(one_variant(child, head_everywhere)))
         return
     if steps < 2:
         raise click.BadParameter("at least 2: the first step is not timed", param_hint="--steps")
@@ -88,33 +97,40 @@ def main(n_records, steps, batch_size, max_length, threads, model, child):
     with tempfile.TemporaryDirectory(prefix="mapd-train-cpu-path-") as work:
         records = Path(work) / "records.parquet"
         build_records(n_records).write_parquet(records)
-        for name, quantize in VARIANTS.items():
+        for name, (quantize, head_everywhere) in VARIANTS.items():
             cfg = preset("qlora", base_model=load_spec(model).path, records=str(records),
                          out_dir=str(Path(work) / name), batch_size=batch_size, max_length=max_length,
                          max_steps=steps, quantize=quantize)
-            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg.to_dict())],
+            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg.to_dict()),
+                                  *(["--head-everywhere"] if head_everywhere else [])],
                                  capture_output=True, text=True, env=env)
             if out.returncode:
                 sys.exit(out.stderr[-5000:])
             runs[name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{name}: done ({runs[name]['card']['device']})", flush=True)
 
-    qlora, lora = runs.values()
+    qlora = runs["NF4 QLoRA"]
     counts = qlora["card"]["counts"]
     print(f"\n{counts['examples']} examples of {n_records} records ({counts['pairs']} pairs, {counts['unpaired']} "
           f"lone, {counts['skipped']} skipped), {steps} steps of {batch_size} pair(s), max length {max_length}, "
           f"{threads} thread(s); the same batches in both\n")
     print("| step | " + " | ".join(f"{name}: feedback, rationale" for name in runs) + " |")
-    print("|---|---|---|")
-    for a, b in zip(qlora["log"], lora["log"]):
-        print(f"| {a['step']} | " + " | ".join(f"{_fmt(r['loss_feedback'])}, {_fmt(r['loss_rationale'])}" for r in (a, b))
-              + " |")
-    print("\n| | " + " | ".join(runs) + " | LoRA / QLoRA |")
-    print("|---|---|---|---|")
-    q, f = _summary(qlora), _summary(lora)
-    for key in q:
-        ratio = f[key] / q[key] if q[key] and f[key] is not None else None
-        print(f"| {key} | {_fmt(q[key])} | {_fmt(f[key])} | {_fmt(ratio, 2)} |")
+    print("|---" * (len(runs) + 1) + "|")
+    for rows in zip(*(run["log"] for run in runs.values())):
+        print(f"| {rows[0]['step']} | " + " | ".join(f"{_fmt(r['loss_feedback'])}, {_fmt(r['loss_rationale'])}"
+                                                     for r in rows) + " |")
+    # the two ratios the choices rest on: the CPU's base (LoRA / QLoRA), the LM head's positions
+    ratios = {"LoRA / QLoRA": ("LoRA, fp32 base", "NF4 QLoRA"),
+              "targets / everywhere": ("LoRA, fp32 base", "LoRA, fp32 base, LM head everywhere")}
+    summaries = {name: _summary(run) for name, run in runs.items()}
+    print("\n| | " + " | ".join(runs) + " | " + " | ".join(ratios) + " |")
+    print("|---" * (len(runs) + len(ratios) + 1) + "|")
+    for key in summaries["NF4 QLoRA"]:
+        cells = [_fmt(s[key]) for s in summaries.values()]
+        for top, bottom in ratios.values():
+            a, b = summaries[top][key], summaries[bottom][key]
+            cells.append(_fmt(a / b if a is not None and b else None, 2))
+        print(f"| {key} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

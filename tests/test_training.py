@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from mapd.training import PRESETS, TrainConfig, preset, train
 from mapd.training.config import resolve_quantize
-from mapd.training.qlora import make_optimizer
+from mapd.training.data import IGNORE
+from mapd.training.loss import combined_loss, target_positions
+from mapd.training.qlora import load_model, logits_at, make_optimizer
 
 from test_training_data import ROOT, write_records
 
@@ -125,6 +127,38 @@ def tiny_cfg(tiny_model, tmp_path_factory) -> TrainConfig:
     return TrainConfig(base_model=str(tiny_model), records=str(records), out_dir=str(root / "straight"),
                        epochs=2, batch_size=2, grad_accum=2, max_length=200, lora_r=8, lora_alpha=16,
                        learning_rate=2e-3, warmup_ratio=0.1, schedule="cosine", save_steps=3, seed=5)
+
+
+def test_lm_head_at_the_target_positions_alone(tiny_cfg):
+    """Training's forward runs the LM head at the positions that predict a target alone, and its
+    loss and LoRA gradients are those of every position's logits (dropout on, the same draws)."""
+    model = load_model(tiny_cfg, torch.device("cpu"))
+    ids = torch.randint(0, 1000, (3, 40), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["attention_mask"][1, 30:] = 0
+    labels = ids.clone()
+    labels[:, :12] = IGNORE                      # prompts
+    labels[0, :25] = IGNORE
+    labels[1, 30:] = IGNORE                      # padding
+    kind = torch.tensor([0, 1, 1])
+    positions = target_positions(labels)
+    assert positions.tolist() == list(range(11, 39))
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[1]))
+
+    def loss_and_grads(logits, targets):
+        model.zero_grad()
+        loss = combined_loss(logits, targets, kind, 0.5)
+        loss.total.backward()
+        return [loss.total.detach()] + [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    torch.manual_seed(1)
+    kept = loss_and_grads(logits_at(model, batch, positions), labels[:, positions + 1])
+    torch.manual_seed(1)
+    every = loss_and_grads(model(**batch).logits[:, :-1], labels[:, 1:])
+    assert head_rows == [len(positions), ids.shape[1]]
+    for a, b in zip(kept, every, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from mapd.training import RecordsError, TrainConfig, train
 from mapd.training.data import (IGNORE, KINDS, Example, collate, encode_records, load_records, padding_fraction,
                                 pair_units, plan_batches)
-from mapd.training.loss import combined_loss
+from mapd.training.loss import combined_loss, target_positions
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT / "batch" / "data" / "gsm8k" / "train.jsonl"
@@ -200,6 +200,12 @@ def _hand_ce(logits, labels, rows):
     return torch.stack(values).mean()
 
 
+def _loss(logits, labels, kind, alpha):
+    """The loss as training takes it: logits at the target positions alone."""
+    positions = target_positions(labels)
+    return combined_loss(logits[:, positions], labels[:, positions + 1], kind, alpha)
+
+
 def test_combined_loss_matches_hand_mix():
     torch.manual_seed(3)
     logits = torch.randn(4, 7, 13)
@@ -210,15 +216,16 @@ def test_combined_loss_matches_hand_mix():
     kind = torch.tensor([0, 1, 1, 0])       # feedback, rationale, rationale, feedback
     l_fb, l_ra = _hand_ce(logits, labels, [0, 3]), _hand_ce(logits, labels, [1, 2])
     assert not torch.isclose(l_fb, l_ra)
+    assert target_positions(labels).tolist() == [2, 3, 4, 5]     # the prompt's first 2 logits predict no target
     for alpha in (0.5, 0.2):
-        loss = combined_loss(logits, labels, kind, alpha)
+        loss = _loss(logits, labels, kind, alpha)
         torch.testing.assert_close(loss.total.double(), alpha * l_fb + (1 - alpha) * l_ra)
         torch.testing.assert_close(loss.parts["feedback"].double(), l_fb)
         torch.testing.assert_close(loss.parts["rationale"].double(), l_ra)
         assert loss.tokens == {"feedback": int((labels[[0, 3], 1:] != IGNORE).sum()),
                                "rationale": int((labels[[1, 2], 1:] != IGNORE).sum())}
     # a token-level mean over the whole batch would weigh the kinds by token counts instead
-    assert not torch.isclose(combined_loss(logits, labels, kind, 0.5).total.double(),
+    assert not torch.isclose(_loss(logits, labels, kind, 0.5).total.double(),
                              _hand_ce(logits, labels, [0, 1, 2, 3]))
 
 
@@ -229,10 +236,10 @@ def test_one_kind_batch_keeps_its_weight():
     labels = torch.randint(0, 11, (2, 6))
     labels[:, :2] = IGNORE
     alpha = 0.3
-    only_ra = combined_loss(logits, labels, torch.tensor([1, 1]), alpha)
+    only_ra = _loss(logits, labels, torch.tensor([1, 1]), alpha)
     assert only_ra.parts["feedback"] is None and only_ra.tokens["feedback"] == 0
     torch.testing.assert_close(only_ra.total.double(), (1 - alpha) * _hand_ce(logits.detach(), labels, [0, 1]))
-    only_fb = combined_loss(logits, labels, torch.tensor([0, 0]), alpha)
+    only_fb = _loss(logits, labels, torch.tensor([0, 0]), alpha)
     torch.testing.assert_close(only_fb.total.double(), alpha * _hand_ce(logits.detach(), labels, [0, 1]))
     only_fb.total.backward()
     assert logits.grad.abs().sum() > 0

@@ -32,8 +32,8 @@ from mapd.local_teachers.threads import fit_threads
 from . import checkpoint
 from .config import TrainConfig, TrainingStopped, file_sha256, resolve_quantize
 from .data import KINDS, collate, encode_records, load_records, pair_units, plan_batches
-from .loss import combined_loss
-from .qlora import compute_dtype, load_model, make_optimizer, make_scheduler, pick_device
+from .loss import combined_loss, target_positions
+from .qlora import compute_dtype, load_model, logits_at, make_optimizer, make_scheduler, pick_device
 
 log = logging.getLogger(__name__)
 CARD_FORMAT = "mapd-train-card/1"
@@ -171,8 +171,9 @@ def train_step(model, optimizer, scheduler, group, cfg: TrainConfig, pad_id: int
     tokens = slots = 0
     for examples in group:
         batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = combined_loss(logits, batch["labels"], batch["kind"], cfg.alpha)
+        positions = target_positions(batch["labels"])
+        loss = combined_loss(logits_at(model, batch, positions), batch["labels"][:, positions + 1], batch["kind"],
+                             cfg.alpha)
         (loss.total / len(group)).backward()
         total += loss.total.item() / len(group)
         for k, part in loss.parts.items():

@@ -29,13 +29,20 @@ def kind_weights(alpha: float) -> dict[str, float]:
     return {"feedback": alpha, "rationale": 1.0 - alpha}
 
 
-def combined_loss(logits: torch.Tensor, labels: torch.Tensor, kind: torch.Tensor, alpha: float) -> Loss:
-    """logits (B, T, V) from a causal LM over input_ids; labels (B, T) with -100 where no target;
-    kind (B,) indices into KINDS. The logits at t predict the token at t + 1."""
-    targets = labels[:, 1:]
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions t whose logits predict a target (labels[:, t + 1] != -100) in some row of the
+    batch: the LM head runs there alone. Prompt positions have no target, and the (B, T, V) logits
+    of every position are most of a step's memory for a large vocabulary (4 sequences x 2,048
+    positions x 128k tokens: 1 G logits, and as many gradients)."""
+    return (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
+
+
+def combined_loss(logits: torch.Tensor, targets: torch.Tensor, kind: torch.Tensor, alpha: float) -> Loss:
+    """logits (B, K, V) from a causal LM; targets (B, K): the token each logit predicts, -100 where
+    none (labels[:, positions + 1] for logits at ``positions``); kind (B,) indices into KINDS."""
     mask = targets != IGNORE
-    # Only the positions with a target: saves the float32 copy of the whole (B, T, V) tensor.
-    ce = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")
+    # Only the positions with a target: saves the float32 copy of the whole (B, K, V) tensor.
+    ce = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
     row_kind = kind[:, None].expand_as(targets)[mask]
     weights = kind_weights(alpha)
     total = logits.new_zeros((), dtype=torch.float32)

@@ -9,6 +9,7 @@ default) is NF4 on a GPU and full precision on a CPU (config.resolve_quantize).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def load_model(cfg: TrainConfig, device: torch.device):
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)
     return get_peft_model(model, lora)
+
+
+def logits_at(model, batch: dict, positions: torch.Tensor) -> torch.Tensor:
+    """The logits (B, K, V) at ``positions`` of the batch's sequences: transformers' causal LMs run
+    their LM head there alone (logits_to_keep); a model whose forward lacks it (custom code)
+    computes every position's and those are picked."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "logits_to_keep" in inspect.signature(model.get_base_model().forward).parameters:
+        return model(**inputs, logits_to_keep=positions).logits
+    return model(**inputs).logits[:, positions]
 
 
 def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
