@@ -3,7 +3,9 @@ copy of the base, made when an engine first loads it; merged or not (vLLM's LoRA
 transformers + peft), the real SmolLM2 gives the same greedy answers, and the adapter changes
 them. `mapd export-model` writes the same merge where the user says."""
 import json
+import os
 import shutil
+import time
 from dataclasses import replace
 
 import pytest
@@ -142,9 +144,16 @@ def test_the_merged_model_is_made_when_first_loaded_and_kept_for_the_same_adapte
     merge_adapter(tiny_model, tiny_adapter, folder, "float32")
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp      # the same merge: kept
     other = _changed(tiny_adapter, tmp_path / "other", weights=2.0)
+    killed, running = folder.with_name(".merged-model.0123456789ab.tmp"), folder.with_name(".merged-model.ba98.tmp")
+    for leftover in (killed, running):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))
     merge_adapter(tiny_model, other, folder, "float32")
     assert json.loads((folder / "merged.json").read_text())["adapter_sha256"] != record["adapter_sha256"]
-    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]   # no temporary left
+    # its own temporary renamed into place, a killed merge's deleted, one still being written kept
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == [running.name]
 
 
 def test_export_model_refuses_in_one_line_then_writes_the_merged_student(tmp_path, tiny_spec_file, tiny_adapter):

@@ -10,10 +10,12 @@ float operations."""
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 RECORD = "merged.json"     # what the folder was made from: a folder made from the same is kept
 IN_THE_WAY = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)   # rename's errors for a taken name
+# A merge's temporary folder untouched this long belongs to a merge killed before it could delete
+# it (SIGKILL, a lost node): merges write in minutes.
+STALE_AFTER_S = 3600
 ADAPTER_FILES = {"adapter_sha256": "adapter_model.safetensors", "adapter_config_sha256": "adapter_config.json"}
 
 
@@ -43,6 +48,7 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
     base, adapter, out = Path(base_model_dir), Path(adapter_dir), Path(out_dir)
     dtype = dtype or _stored_dtype(base)
     record = {"base_model": model_fingerprint(base), **adapter_checksums(adapter), "dtype": dtype}
+    _delete_stale(out)
     if _record(out) == record:
         log.info("merge: %s already holds %s merged into %s", out, adapter, base)
         return out
@@ -57,6 +63,18 @@ def merge_adapter(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: 
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("merge: %s merged into %s (%s) written to %s", adapter, base, dtype, out)
     return out
+
+
+def _delete_stale(out: Path) -> None:
+    """Delete the temporary folders of killed merges into ``out``; one being written (by a job
+    merging the same at the same time) is touched as files go into it, so it is kept."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+                log.info("merge: deleting %s, left by a merge that was killed", tmp)
+                shutil.rmtree(tmp)
+        except FileNotFoundError:
+            continue          # another job deleted it first
 
 
 def _stored_dtype(base: Path) -> str:
