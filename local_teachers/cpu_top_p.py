@@ -55,10 +55,13 @@ def filter_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor |
 def install() -> None:
     """Make vLLM's CPU sampler filter top-p with ``filter_top_p`` (once per process)."""
     global _vllm_filter
-    from vllm.v1.sample.ops import topk_topp_sampler as sampler
-
+    try:
+        from vllm.v1.sample.ops import topk_topp_sampler as sampler
+    except ImportError:       # another vLLM layout
+        sampler = None
     current = getattr(sampler, "apply_top_k_top_p", None)
     if current is None:
-        log.warning("this vLLM has no topk_topp_sampler.apply_top_k_top_p: top-p stays vLLM's full sort")
+        log.warning("this vLLM has no vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p: top-p stays "
+                    "vLLM's full sort")
     elif current is not filter_top_p:
         _vllm_filter, sampler.apply_top_k_top_p = current, filter_top_p

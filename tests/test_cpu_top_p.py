@@ -2,6 +2,8 @@
 vLLM's own filter, token for token, and the same completions from the real engine."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -56,6 +58,13 @@ def test_top_k_and_no_top_p_are_vllms(vllm_filter):
     assert torch.equal(cpu_top_p.filter_top_p(logits.clone(), k, p), vllm_filter(logits.clone(), k, p))
     assert torch.equal(cpu_top_p.filter_top_p(logits.clone(), k, None), vllm_filter(logits.clone(), k, None))
     assert cpu_top_p.filter_top_p(logits, None, None) is logits
+
+
+def test_a_vllm_without_the_sampler_module_keeps_its_sort(monkeypatch, caplog):
+    """Another vLLM layout: the engine still loads, with vLLM's own filter and a warning."""
+    monkeypatch.setitem(sys.modules, "vllm.v1.sample.ops", None)      # importing it fails, imported before or not
+    cpu_top_p.install()
+    assert "top-p stays vLLM's full sort" in caplog.text
 
 
 @pytest.mark.slow
