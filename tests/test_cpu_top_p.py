@@ -61,7 +61,8 @@ def test_top_k_and_no_top_p_are_vllms(vllm_filter):
 
 
 def test_a_vllm_without_the_sampler_module_keeps_its_sort(monkeypatch, caplog):
-    """Another vLLM layout: the engine still loads, with vLLM's own filter and a warning."""
+    """Another vLLM layout: install() leaves vLLM's filter and warns instead of raising (an engine
+    load through it: tests/test_offline.py's loopback test)."""
     monkeypatch.setitem(sys.modules, "vllm.v1.sample.ops", None)      # importing it fails, imported before or not
     cpu_top_p.install()
     assert "top-p stays vLLM's full sort" in caplog.text
